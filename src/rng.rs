@@ -180,7 +180,7 @@ impl TorchRng {
         for block in out.chunks_exact_mut(16) {
             normal_fill_16(block);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut out[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
@@ -216,6 +216,7 @@ fn normal_fill_16(data: &mut [f32]) {
 /// One lane of `log256_ps` from `avx_mathfun.h` (Cephes `logf`), with the FMAs GCC forms when it
 /// compiles torch: each `mul` feeding an `add`/`sub` becomes one fused operation, and where both
 /// operands of an add are products (`y*z + e*q1`) the *first* one is fused.
+#[allow(clippy::excessive_precision, clippy::approx_constant)] // Cephes' literals, verbatim
 fn log256_lane(x_in: f32) -> f32 {
     const SQRTHF: f32 = 0.707_106_781_186_547_524;
     const P: [f32; 9] = [
@@ -271,6 +272,7 @@ fn log256_lane(x_in: f32) -> f32 {
 
 /// One lane of `sincos256_ps` from `avx_mathfun.h` (Cephes `sinf`/`cosf`), returning
 /// `(sin, cos)`, with GCC's FMA contraction (see [`log256_lane`]).
+#[allow(clippy::excessive_precision)] // Cephes' literals, verbatim
 fn sincos256_lane(x_in: f32) -> (f32, f32) {
     const FOPI: f32 = 1.273_239_544_735_16; // 4 / pi
     const DP1: f32 = -0.785_156_25;

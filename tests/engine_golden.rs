@@ -215,8 +215,15 @@ fn txt2img_equals_diffusers_pipeline() {
         // the documented RNG must give the same numbers, so `--seed` reproduces diffusers.
         let seed = c["latents_seed"].as_u64().unwrap();
         let seeded = dpoimg::rng::TorchRng::new(seed).randn(init.len());
-        let d = seeded.iter().zip(&init).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(d <= 1e-6, "{name}: TorchRng({seed}) differs from torch.randn by {d:e}");
+        let d = seeded
+            .iter()
+            .zip(&init)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d <= 1e-6,
+            "{name}: TorchRng({seed}) differs from torch.randn by {d:e}"
+        );
         req.init_latents = Some(init);
         let mut noise = Replay {
             tensors: (0..)

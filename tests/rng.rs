@@ -115,6 +115,7 @@ fn randn_matches_torch_golden() {
 /// Box-Muller value is cached in the generator across calls. Expected values were printed by
 /// torch 2.15: `g = torch.Generator().manual_seed(s); torch.randn(n, generator=g)` in sequence.
 #[test]
+#[allow(clippy::excessive_precision)] // values as torch printed them
 fn small_randn_uses_cached_scalar_path() {
     let mut g = TorchRng::new(0);
     let a = g.randn(3);
@@ -188,34 +189,4 @@ fn seeds_differing_above_bit_32_give_the_same_stream() {
         TorchRng::new(5).randn(64),
         TorchRng::new((1 << 40) + 5).randn(64)
     );
-}
-
-#[test]
-fn tmp_bulk() {
-    let Ok(b) = std::fs::read("/tmp/bulk.bin") else {
-        return;
-    };
-    let mut off = 0;
-    let mut total = 0;
-    let mut diff = 0;
-    let mut maxe = 0f32;
-    while off < b.len() {
-        let seed = u64::from_le_bytes(b[off..off + 8].try_into().unwrap());
-        let n = u64::from_le_bytes(b[off + 8..off + 16].try_into().unwrap()) as usize;
-        off += 16;
-        let want: Vec<f32> = b[off..off + 4 * n]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        off += 4 * n;
-        let got = TorchRng::new(seed).randn(n);
-        for (g, w) in got.iter().zip(&want) {
-            total += 1;
-            if g.to_bits() != w.to_bits() {
-                diff += 1;
-                maxe = maxe.max((g - w).abs());
-            }
-        }
-    }
-    println!("BULK total {total} diff {diff} maxe {maxe}");
 }

@@ -275,8 +275,8 @@ def export_bundle(diffusers_dir, out_dir, dtype="fp32", name=None, lora_targets=
         C, X = ucfg.in_channels, ucfg.cross_attention_dim
         h = 4 * sample_multiple
         # Export with a small non-zero rank so that the traced graph keeps the LoRA branch.
-        lora_ex = _random_lora(modules, rank=2, scale=0.1, seed=1)
-        lora_val = _random_lora(modules, rank=3, scale=0.2, seed=2)
+        lora_ex = _random_lora(modules, rank=2, scale=0.2, seed=1)
+        lora_val = _random_lora(modules, rank=3, scale=0.3, seed=2)
         ex = (torch.randn(2, C, h, h), torch.tensor([999.0, 10.5]), torch.randn(2, max_length, X))
         alt = (torch.randn(1, C, 2 * sample_multiple, 3 * sample_multiple), torch.tensor([500.0]),
                torch.randn(1, max_length, X))
@@ -375,11 +375,14 @@ def export_bundle(diffusers_dir, out_dir, dtype="fp32", name=None, lora_targets=
 
 
 def _random_lora(modules, rank, scale, seed):
+    """[A_0, B_0, A_1, ...] with A ~ N(0, 1/in) and B ~ N(0, scale^2/rank): the LoRA branch then adds about
+    `scale` x the input's per-feature magnitude whatever the layer width, a clearly visible but realistic
+    change (fixed-std weights would blow up the activations of 1280-wide SD layers and, in fp16, the error)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _, lin in modules:
-        out.append(torch.randn(rank, lin.in_features, generator=g) * scale)
-        out.append(torch.randn(lin.out_features, rank, generator=g) * scale)
+        out.append(torch.randn(rank, lin.in_features, generator=g) / lin.in_features ** 0.5)
+        out.append(torch.randn(lin.out_features, rank, generator=g) * (scale / rank ** 0.5))
     return out
 
 

@@ -37,8 +37,8 @@ import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402  (offline mode before any Hugging Face import)
-from _common import (DEFAULT_LORA_TARGETS, REPO_ROOT, fmt_size, make_scheduler, max_abs_diff,  # noqa: E402
-                     save_tensors, seeded_randn, tree_files, write_json)
+from _common import (DEFAULT_LORA_TARGETS, REPO_ROOT, fmt_size, lora_target_modules, make_scheduler,  # noqa: E402
+                     max_abs_diff, save_tensors, seeded_randn, tree_files, write_json)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -245,7 +245,6 @@ def lora_metadata(rank, alpha, provenance):
 
 def write_adapters(adir, bundle, layers_per_block):
     from diffusers import UNet2DConditionModel
-    from _common import lora_target_modules
 
     mods = bundle["unet"]["lora"]["modules"]
     os.makedirs(os.path.join(adir, "bad"), exist_ok=True)
@@ -406,7 +405,7 @@ def golden_unet(gdir, scratch_pipe_dir, adir, r4, r8):
     p.unload_lora_weights()
     merged = {k: v.detach().contiguous() for k, v in p.unet.state_dict().items()}
     assert not any("lora" in k or "base_layer" in k for k in merged), "peft names leaked into merged weights"
-    base_sd = pipe_base_state(scratch_pipe_dir)
+    base_sd = load_pipeline(scratch_pipe_dir).unet.state_dict()
     assert set(merged) == set(base_sd)
     manual = max(max_abs_diff(merged[f"{m}.weight"], base_sd[f"{m}.weight"] +
                               r4[f"unet.{m}.lora_B.weight"] @ r4[f"unet.{m}.lora_A.weight"])
@@ -417,11 +416,6 @@ def golden_unet(gdir, scratch_pipe_dir, adir, r4, r8):
     assert d < 1e-4 and manual < 1e-5
     save_tensors(os.path.join(gdir, "merged_r4.safetensors"), merged, metadata={"format": "pt"})
     return out
-
-
-def pipe_base_state(path):
-    from diffusers import UNet2DConditionModel
-    return UNet2DConditionModel.from_pretrained(path, subfolder="unet").state_dict()
 
 
 RANDN_CASES = [(0, [1, 4, 8, 8]), (42, [2, 4, 8, 12]), (12345, [1, 4, 64, 64]), (7, [1, 4, 3, 3]), (3, [20]),

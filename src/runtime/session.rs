@@ -116,6 +116,11 @@ pub fn open_session(
         message: e.to_string(),
     };
     let mut b = Session::builder(rt.env()).map_err(|e| err(&e))?;
+    // The UNet's LoRA inputs are initializers that are also graph inputs, by design (zero-rank
+    // defaults); ONNX Runtime warns once per tensor about exactly that, so only errors are logged.
+    b = b
+        .with_log_level(ort::logging::LogLevel::Error)
+        .map_err(|e| err(&e))?;
     b = b
         .with_optimization_level(match options.optimization {
             GraphOptimization::Disable => GraphOptimizationLevel::Disable,

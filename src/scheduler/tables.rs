@@ -146,10 +146,26 @@ pub(crate) fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
 
 /// `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5` on the float32 table (the Karras-style
 /// sigma of each training timestep).
+///
+/// torch's float32 `sqrt` on x86-64 CPUs goes through MKL's vector math, which is not correctly
+/// rounded (off by one ulp for ~15% of inputs, up to 0.75 ulp); we use the IEEE square root, so
+/// sigmas may differ from diffusers' in the last bit, which is harmless (~1e-7 relative) except
+/// in one place: the zero-terminal-SNR entry `alphas_cumprod = 2^-24`, whose sigma
+/// `sqrt(2^24 - 1)` lies a hair below the midpoint between `4096 - 2^-12` and 4096. MKL returns
+/// 4096, IEEE rounding the value below, and the first Euler step (`x + (x - x0)/sigma * dt`
+/// with `x ~ 4096 * noise`) cancels catastrophically, turning that one ulp into a 5e-4 difference
+/// of the output. That single value is therefore taken as torch computes it.
 pub(crate) fn train_sigmas_f32(alphas_cumprod: &[f32]) -> Vec<f32> {
+    const ZERO_SNR_ALPHA: f32 = 1.0 / 16_777_216.0; // 2^-24
     alphas_cumprod
         .iter()
-        .map(|&a| ((1.0f32 - a) / a).sqrt())
+        .map(|&a| {
+            if a == ZERO_SNR_ALPHA {
+                4096.0
+            } else {
+                ((1.0f32 - a) / a).sqrt()
+            }
+        })
         .collect()
 }
 
@@ -176,7 +192,7 @@ pub(crate) fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
 /// `np.arange(start, stop, step)` for Python floats.
 pub(crate) fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = ((stop - start) / step).ceil();
-    if !(len > 0.0) {
+    if len.is_nan() || len <= 0.0 {
         return Vec::new();
     }
     let len = len as usize;

@@ -126,6 +126,12 @@ pub fn engine() -> &'static dpoimg::Engine {
 pub fn assert_close_scaled(what: &str, got: &[f32], want: &[f64], tol: f64) {
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     let d = max_abs_diff(got, want);
-    assert!(d <= tol * scale, "{what}: max |diff| = {d:.3e} > {tol:.1e} x scale {scale:.2}");
-    eprintln!("{what}: max |diff| = {d:.3e} = {:.2e} of scale {scale:.2} (tolerance {tol:.1e})", d / scale);
+    assert!(
+        d <= tol * scale,
+        "{what}: max |diff| = {d:.3e} > {tol:.1e} x scale {scale:.2}"
+    );
+    eprintln!(
+        "{what}: max |diff| = {d:.3e} = {:.2e} of scale {scale:.2} (tolerance {tol:.1e})",
+        d / scale
+    );
 }
