@@ -13,13 +13,25 @@ pub struct AdapterRecord {
     pub sha256: String,
 }
 
+/// What the caller asked for, shared by every image of a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Origin {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+    pub adapters: Vec<AdapterRecord>,
+    pub bundle: String,
+    pub bundle_sha256: String,
+    /// Set when the initial latents came from a file rather than the seed.
+    pub init_latents_file: Option<String>,
+}
+
 /// Everything needed to reproduce an image.
 #[derive(Debug, Clone, Serialize)]
 pub struct Provenance {
     pub software: String,
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub seed: u64,
+    #[serde(flatten)]
+    pub origin: Origin,
     /// Index of this image within its batch (the batch shares one seeded noise stream).
     pub batch_index: usize,
     pub sampler: String,
@@ -27,17 +39,13 @@ pub struct Provenance {
     pub guidance: f32,
     pub width: u32,
     pub height: u32,
-    pub adapters: Vec<AdapterRecord>,
-    pub bundle: String,
-    pub bundle_sha256: String,
-    /// True when the initial latents came from a file rather than the seed.
-    pub init_latents_file: Option<String>,
 }
 
 impl Provenance {
     /// Text chunks, key → value, in a stable order.
     pub fn chunks(&self) -> Vec<(&'static str, String)> {
         let adapters = self
+            .origin
             .adapters
             .iter()
             .map(|a| format!("{}:{}:{}", a.name, a.strength, a.sha256))
@@ -45,17 +53,17 @@ impl Provenance {
             .join(",");
         vec![
             ("Software", self.software.clone()),
-            ("prompt", self.prompt.clone()),
-            ("negative_prompt", self.negative_prompt.clone()),
-            ("seed", self.seed.to_string()),
+            ("prompt", self.origin.prompt.clone()),
+            ("negative_prompt", self.origin.negative_prompt.clone()),
+            ("seed", self.origin.seed.to_string()),
             ("batch_index", self.batch_index.to_string()),
             ("sampler", self.sampler.clone()),
             ("steps", self.steps.to_string()),
             ("guidance", self.guidance.to_string()),
             ("size", format!("{}x{}", self.width, self.height)),
             ("adapters", adapters),
-            ("bundle", self.bundle.clone()),
-            ("bundle_sha256", self.bundle_sha256.clone()),
+            ("bundle", self.origin.bundle.clone()),
+            ("bundle_sha256", self.origin.bundle_sha256.clone()),
             (
                 "dpoimg",
                 serde_json::to_string(self).expect("provenance serialises"),
@@ -104,32 +112,18 @@ pub fn read_png_text(bytes: &[u8]) -> Result<Vec<(String, String)>, png::Decodin
     Ok(out)
 }
 
-/// Provenance for image `index` of a result.
-pub fn provenance_for(
-    g: &Generated,
-    prompt: &str,
-    negative_prompt: &str,
-    seed: u64,
-    index: usize,
-    adapters: Vec<AdapterRecord>,
-    bundle_name: &str,
-    bundle_hash: &str,
-    init_latents_file: Option<String>,
-) -> Provenance {
-    Provenance {
-        software: format!("dpoimg {}", env!("CARGO_PKG_VERSION")),
-        prompt: prompt.to_string(),
-        negative_prompt: negative_prompt.to_string(),
-        seed,
-        batch_index: index,
-        sampler: g.sampler.to_string(),
-        steps: g.steps,
-        guidance: g.guidance,
-        width: g.width,
-        height: g.height,
-        adapters,
-        bundle: bundle_name.to_string(),
-        bundle_sha256: bundle_hash.to_string(),
-        init_latents_file,
+impl Provenance {
+    /// The record of image `index` of a result.
+    pub fn new(g: &Generated, origin: &Origin, index: usize) -> Provenance {
+        Provenance {
+            software: format!("dpoimg {}", env!("CARGO_PKG_VERSION")),
+            origin: origin.clone(),
+            batch_index: index,
+            sampler: g.sampler.to_string(),
+            steps: g.steps,
+            guidance: g.guidance,
+            width: g.width,
+            height: g.height,
+        }
     }
 }

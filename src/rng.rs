@@ -21,7 +21,7 @@
 //!   On x86-64 torch builds this block transform with AVX2 (`NormalFill16<float>`), whose `log`
 //!   and `sincos` are the Cephes single-precision polynomials of `avx_mathfun.h`, not libm, and
 //!   GCC contracts their multiply-adds into FMAs (`-ffp-contract=fast`). Both the polynomials and
-//!   the exact contraction pattern are reproduced below ([`log256_lane`], [`sincos256_lane`]);
+//!   the exact contraction pattern are reproduced below (`log256_lane`, `sincos256_lane`);
 //!   with libm functions or without the FMAs about one value in a few hundred differs in the last
 //!   bit. (Torch builds without AVX2 — e.g. aarch64 — use libm `logf`/`sinf`/`cosf` instead; this
 //!   module reproduces the x86-64 AVX2 build, which is what diffusers users run on a PC.)

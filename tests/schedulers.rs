@@ -567,3 +567,28 @@ fn add_noise_is_the_forward_process() {
         assert_eq!(out[i], want);
     }
 }
+
+#[test]
+fn schedules_that_leave_the_training_table_are_refused() {
+    let cfg = sd15_config();
+    // leading + steps_offset 1 with steps == N would need timestep 1000 (diffusers: IndexError).
+    let e = build_err(&cfg, SamplerKind::Ddim, 1000);
+    assert!(e.to_string().contains("steps_offset"), "{e}");
+    // trailing with 61 steps: numpy yields 62 timesteps ending at -1, and diffusers' DDIM/DDPM
+    // would read alphas_cumprod[-1] (the noisiest alpha) for the last step.
+    let mut opts = SamplerOptions::new(SamplerKind::Ddpm);
+    opts.timestep_spacing = Some(dpoimg::scheduler::TimestepSpacing::Trailing);
+    let e = build(&cfg, &opts, 61)
+        .err()
+        .expect("trailing with 61 steps must be refused");
+    assert!(
+        e.to_string().contains("timestep_spacing") && e.to_string().contains("62"),
+        "{e}"
+    );
+    assert!(build(&cfg, &opts, 60).is_ok());
+    // Euler interpolates instead of indexing, so diffusers (and we) run the 62 steps.
+    opts.kind = SamplerKind::Euler;
+    let s = build(&cfg, &opts, 61).unwrap();
+    assert_eq!(s.timesteps().len(), 62);
+    assert_eq!(*s.timesteps().last().unwrap(), -1.0);
+}

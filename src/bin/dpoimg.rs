@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use dpoimg::bundle::{Bundle, Verify};
 use dpoimg::lora::AdapterRef;
-use dpoimg::provenance::{provenance_for, read_png_text, write_png, AdapterRecord};
+use dpoimg::provenance::{read_png_text, write_png, AdapterRecord, Origin, Provenance};
 use dpoimg::runtime::{Device, GraphOptimization, Runtime, SessionOptions};
 use dpoimg::scheduler::SamplerKind;
 use dpoimg::{CancelToken, Engine, EngineError, EngineOptions, GenerateRequest, Stage};
@@ -335,20 +335,18 @@ fn generate(args: GenerateArgs) -> Result<(), Failure> {
             sha256: a.adapter.hash.clone(),
         })
         .collect();
-    let m = engine.bundle().manifest();
+    let origin = Origin {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        seed: args.seed,
+        adapters: records,
+        bundle: engine.bundle().manifest().name.clone(),
+        bundle_sha256: engine.bundle().hash().to_string(),
+        init_latents_file: args.init_latents.as_ref().map(|p| p.display().to_string()),
+    };
     let stem = format!("dpoimg-{}", args.seed);
     for (i, img) in g.images.iter().enumerate() {
-        let prov = provenance_for(
-            &g,
-            &args.prompt,
-            &args.negative_prompt,
-            args.seed,
-            i,
-            records.clone(),
-            &m.name,
-            engine.bundle().hash(),
-            args.init_latents.as_ref().map(|p| p.display().to_string()),
-        );
+        let prov = Provenance::new(&g, &origin, i);
         let path = fresh_path(&args.output, &format!("{stem}-{i}"), "png");
         write_png(&path, img, Some(&prov))
             .map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -215,7 +215,11 @@ impl Manifest {
         }
         let step = self.pixel_multiple() as u32;
         let d = &self.defaults;
-        if d.width == 0 || d.height == 0 || d.width % step != 0 || d.height % step != 0 {
+        if d.width == 0
+            || d.height == 0
+            || !d.width.is_multiple_of(step)
+            || !d.height.is_multiple_of(step)
+        {
             return bad(
                 "defaults",
                 format!(

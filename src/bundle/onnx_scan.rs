@@ -20,12 +20,12 @@ pub(super) fn external_data_locations(path: &Path) -> Result<Vec<String>, Bundle
         message: m.to_string(),
     };
     let mut out = Vec::new();
-    for graph in fields(&bytes, 7).map_err(|e| err(e))? {
-        for init in fields(graph, 5).map_err(|e| err(e))? {
-            for entry in fields(init, 13).map_err(|e| err(e))? {
-                let key = fields(entry, 1).map_err(|e| err(e))?;
+    for graph in fields(&bytes, 7).map_err(&err)? {
+        for init in fields(graph, 5).map_err(&err)? {
+            for entry in fields(init, 13).map_err(&err)? {
+                let key = fields(entry, 1).map_err(&err)?;
                 if key.first().copied() == Some(b"location".as_slice()) {
-                    if let Some(v) = fields(entry, 2).map_err(|e| err(e))?.first() {
+                    if let Some(v) = fields(entry, 2).map_err(&err)?.first() {
                         out.push(String::from_utf8_lossy(v).into_owned());
                     }
                 }

@@ -248,7 +248,7 @@ fn classify(
 
 fn to_f32(dtype: Dtype, data: &[u8]) -> Result<Vec<f32>, String> {
     let chunks = |n: usize| {
-        if data.len() % n != 0 {
+        if !data.len().is_multiple_of(n) {
             Err(format!(
                 "{} bytes is not a whole number of {dtype:?} values",
                 data.len()

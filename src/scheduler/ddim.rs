@@ -49,7 +49,7 @@ impl Ddim {
             alphas_cumprod[0]
         };
         let timesteps_i = ddim_ddpm_timesteps(r.spacing, n, r.steps, cfg.steps_offset);
-        check_timesteps_in_table(&timesteps_i, n)?;
+        check_timesteps_in_table(&timesteps_i, n, r.spacing, r.steps)?;
         Ok(Ddim {
             final_alpha_cumprod,
             timesteps: timesteps_i.iter().map(|&t| t as f64).collect(),

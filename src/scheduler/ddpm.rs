@@ -67,7 +67,7 @@ impl Ddpm {
         }
         let n = cfg.num_train_timesteps;
         let timesteps_i = ddim_ddpm_timesteps(r.spacing, n, r.steps, cfg.steps_offset);
-        check_timesteps_in_table(&timesteps_i, n)?;
+        check_timesteps_in_table(&timesteps_i, n, r.spacing, r.steps)?;
         Ok(Ddpm {
             alphas_cumprod: cfg.alphas_cumprod_f32()?,
             timesteps: timesteps_i.iter().map(|&t| t as f64).collect(),

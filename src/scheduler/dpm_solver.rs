@@ -25,6 +25,14 @@
 //! sigmas **rounded** (truncated instead for `squaredcos_cap_v2`, as diffusers skips the rounding
 //! there and casts to int64). The final sigma is 0 (or `sigma(0)` for `sigma_min`).
 //!
+//! Quirks kept from diffusers: `trailing` spacing yields `steps + 1` timesteps for some step
+//! counts (61, 103, 121, 122 of 1000; the extra last one is -1, whose sigma interpolation clamps to
+//! `sigma(0)`), so loop over [`timesteps`](Scheduler::timesteps). With Karras sigmas on a
+//! `squaredcos_cap_v2` schedule several of the first timesteps coincide (e.g. `998` five times
+//! for 12 steps); diffusers' pipeline then looks up the first timestep, lands on its *second*
+//! occurrence, starts at step index 1 and fails with an IndexError on the last step. Here the
+//! caller passes the step index, so every sigma is used once.
+//!
 //! The model-output history makes this sampler stateful: steps must be taken in order. A step
 //! whose index does not follow the previous one restarts the multistep history (as a fresh
 //! diffusers scheduler does when it begins mid-schedule, e.g. img2img).

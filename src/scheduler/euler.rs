@@ -14,6 +14,10 @@
 //! timesteps become the fractional training timesteps of those sigmas (`_sigma_to_t`, linear in
 //! log-sigma), not rounded.
 //!
+//! `trailing` spacing yields `steps + 1` timesteps for some step counts (61, 103, 121, 122 of
+//! 1000; numpy's float `arange`), the last being -1 (sigma clamps to `sigma(0)`); diffusers runs
+//! them all and so do we.
+//!
 //! Step (with `s_churn = 0`, so no noise and `sigma_hat = sigma`):
 //! `x0 = x - sigma * eps`, `d = (x - x0) / sigma`, `x' = x + d * (sigma_next - sigma)`.
 //! For v-prediction `x0 = v * (-sigma / sqrt(sigma^2 + 1)) + x / (sigma^2 + 1)`.

@@ -15,7 +15,7 @@
 //! | `dpmpp-2m-karras` | same, `use_karras_sigmas=True` | never |
 //!
 //! Tensors are flat `&[f32]` slices (NCHW); all images of a batch share the step, so every
-//! update is elementwise. Tables are computed in f32 exactly as diffusers (see [`tables`]) and
+//! update is elementwise. Tables are computed in f32 exactly as diffusers (see `scheduler/tables.rs`) and
 //! exposed as f64 holding those f32 values.
 //!
 //! Usage (the diffusers denoising loop):
@@ -275,7 +275,7 @@ string_enum!(
         FixedSmallLog = "fixed_small_log",
         /// `beta_t`.
         FixedLarge = "fixed_large",
-        /// `log(beta_t)` (unusable in diffusers, see [`ddpm`]).
+        /// `log(beta_t)` (diffusers takes sqrt(log(beta_t)) of it: NaN; rejected).
         FixedLargeLog = "fixed_large_log",
         /// Predicted by the model (needs twice the channels).
         Learned = "learned",
@@ -1046,20 +1046,56 @@ pub(crate) fn ddim_ddpm_timesteps(
     }
 }
 
-/// Errors out when a timestep falls outside the training table (diffusers would raise an
-/// IndexError, e.g. `leading` spacing with `steps_offset` and `steps == N`).
-pub(crate) fn check_timesteps_in_table(ts: &[i64], n_train: usize) -> Result<(), SchedulerError> {
-    if let Some(&t) = ts.iter().find(|&&t| t < 0 || t as usize >= n_train) {
-        return Err(SchedulerError::InvalidValue {
+/// Errors out when a timestep falls outside the training table, where diffusers would index
+/// out of bounds or, worse, wrap around:
+/// * `leading` spacing with `steps_offset > 0` and `steps == N` gives timestep `N`
+///   (diffusers: IndexError);
+/// * `trailing` spacing for some step counts (61, 103, 121, 122 with N = 1000): numpy's
+///   `arange(N, 0, -N/steps)` yields `steps + 1` values whose last rounds to 0, i.e. timestep -1,
+///   and diffusers' DDIM/DDPM then read `alphas_cumprod[-1]` (the *noisiest* entry, by Python's
+///   negative indexing) for the final step, which ruins the sample. We refuse instead of
+///   reproducing that.
+pub(crate) fn check_timesteps_in_table(
+    ts: &[i64],
+    n_train: usize,
+    spacing: TimestepSpacing,
+    steps: usize,
+) -> Result<(), SchedulerError> {
+    let Some(&t) = ts.iter().find(|&&t| t < 0 || t as usize >= n_train) else {
+        return Ok(());
+    };
+    // nearest step counts whose trailing schedule stays inside the table
+    let fits = |k: usize| {
+        k >= 1
+            && k <= n_train
+            && ddim_ddpm_timesteps(TimestepSpacing::Trailing, n_train, k, 0)
+                .iter()
+                .all(|&t| t >= 0 && (t as usize) < n_train)
+    };
+    let below = (1..steps).rev().find(|&k| fits(k)).unwrap_or(1);
+    let above = (steps + 1..=n_train).find(|&k| fits(k)).unwrap_or(below);
+    Err(match spacing {
+        TimestepSpacing::Trailing => SchedulerError::InvalidValue {
+            field: "timestep_spacing",
+            value: "trailing".into(),
+            reason: format!(
+                "with {steps} steps diffusers' trailing schedule has {} timesteps ending at {t} \
+                 (outside 0..{n_train}; diffusers would silently use the wrong alpha); choose \
+                 another step count (e.g. {} or {})",
+                ts.len(),
+                below,
+                above
+            ),
+        },
+        _ => SchedulerError::InvalidValue {
             field: "steps_offset",
             value: t.to_string(),
             reason: format!(
-                "the schedule produces timestep {t}, outside 0..{n_train}; lower steps_offset, \
-                 use fewer steps or another timestep_spacing"
+                "the {spacing} schedule for {steps} steps produces timestep {t}, outside \
+                 0..{n_train}; lower steps_offset, use fewer steps or another timestep_spacing"
             ),
-        });
-    }
-    Ok(())
+        },
+    })
 }
 
 /// Rejects options a sampler does not implement.
