@@ -277,8 +277,8 @@ fn bad_requests_are_refused_clearly() {
         ),
         (
             "non-multiple width",
-            Box::new(|r| r.width = Some(18)),
-            &["width", "multiple of 4"],
+            Box::new(|r| r.width = Some(17)),
+            &["width", "multiple of 2"],
         ),
         ("zero count", Box::new(|r| r.count = 0), &["count"]),
         ("huge count", Box::new(|r| r.count = 10_000), &["count"]),

@@ -163,8 +163,8 @@ fn bad_arguments_fail_with_clear_messages() {
             "steps",
         ),
         (
-            vec!["generate", "x", "--bundle", b, "--width", "18"],
-            "multiple of 4",
+            vec!["generate", "x", "--bundle", b, "--width", "17"],
+            "multiple of 2",
         ),
         (
             vec!["generate", "x", "--bundle", b, "--guidance", "NaN"],

@@ -235,7 +235,7 @@ fn txt2img_equals_diffusers_pipeline() {
             .generate_with_noise(&req, &mut noise, &mut |_| true, &CancelToken::new())
             .unwrap_or_else(|err| panic!("{name}: {err}"));
         assert_eq!(noise.next, noise.tensors.len(), "{name}: noise draws used");
-        assert_close(
+        assert_close_scaled(
             &format!("{name} latents"),
             &out.latents,
             &g[&format!("{name}.final_latents")].data,

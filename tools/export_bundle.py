@@ -273,14 +273,20 @@ def export_bundle(diffusers_dir, out_dir, dtype="fp32", name=None, lora_targets=
                 dyn[n] = {axis: "lora_rank"}
         wrapper = _UNetWithLoraInputs(unet, modules).eval()
         C, X = ucfg.in_channels, ucfg.cross_attention_dim
-        h = 4 * sample_multiple
+        # The example latent side is NOT a multiple of the UNet's overall up factor: diffusers then
+        # passes each skip connection's size to the upsamplers (`forward_upsample_size`), and the
+        # traced graph resizes to those sizes instead of a fixed 2x. That graph is exact for every
+        # latent size, so images need only be multiples of the VAE factor (`sample_multiple` = 1).
+        h = 4 * sample_multiple + 1
         # Export with a small non-zero rank so that the traced graph keeps the LoRA branch.
         lora_ex = _random_lora(modules, rank=2, scale=0.2, seed=1)
         lora_val = _random_lora(modules, rank=3, scale=0.3, seed=2)
         ex = (torch.randn(2, C, h, h), torch.tensor([999.0, 10.5]), torch.randn(2, max_length, X))
         alt = (torch.randn(1, C, 2 * sample_multiple, 3 * sample_multiple), torch.tensor([500.0]),
                torch.randn(1, max_length, X))
-        refs = _torch_refs(wrapper, [ex, (*alt, *lora_val), (*ex, *lora_val)])
+        odd = (torch.randn(1, C, 3 * sample_multiple - 1, 2 * sample_multiple + 3), torch.tensor([250.0]),
+               torch.randn(1, max_length, X))
+        refs = _torch_refs(wrapper, [ex, (*alt, *lora_val), (*ex, *lora_val), odd])
         effect = max_abs_diff(refs[2][0], refs[0][0])
         path = os.path.join(out_dir, "unet.onnx")
         dyn.update({"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
@@ -294,6 +300,7 @@ def export_bundle(diffusers_dir, out_dir, dtype="fp32", name=None, lora_targets=
             (f"no LoRA feeds, {tuple(ex[0].shape)}", dict(zip(base, (t.numpy() for t in ex)))),
             (f"rank-3 LoRA feeds, {tuple(alt[0].shape)}", dict(zip(base, (t.numpy() for t in alt)), **lora_feed)),
             (f"rank-3 LoRA feeds, {tuple(ex[0].shape)}", dict(zip(base, (t.numpy() for t in ex)), **lora_feed)),
+            (f"no LoRA feeds, {tuple(odd[0].shape)}", dict(zip(base, (t.numpy() for t in odd)))),
         ], refs, tol)
         print(f"  unet.onnx in {time.time() - t0:.1f}s: {len(modules)} LoRA modules, test adapter moves "
               f"the output by {effect:.3e}")
@@ -341,7 +348,7 @@ def export_bundle(diffusers_dir, out_dir, dtype="fp32", name=None, lora_targets=
             "weights": "unet.safetensors",
             "in_channels": int(ucfg.in_channels),
             "cross_attention_dim": int(ucfg.cross_attention_dim),
-            "sample_multiple": sample_multiple,
+            "sample_multiple": 1,
             "lora": {
                 "targets": list(lora_targets),
                 "modules": [{"name": n, "in_features": m.in_features, "out_features": m.out_features}
