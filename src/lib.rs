@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod hash;
 pub mod limits;
 pub mod lora;
+pub mod loss;
 pub mod npy;
 pub mod provenance;
 pub mod rng;
