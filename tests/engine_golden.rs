@@ -318,3 +318,33 @@ fn engine_is_shared_across_threads() {
         }
     });
 }
+
+#[test]
+fn vae_encoder_equals_diffusers() {
+    use dpoimg::engine::LatentMode;
+    let e = engine();
+    let g = load_golden("vae_encode.safetensors");
+    let shape: [usize; 4] = g["pixels"].shape.clone().try_into().unwrap();
+    let (lshape, z) = e
+        .encode_images(shape, &g["pixels"].f32(), LatentMode::Mean)
+        .unwrap();
+    assert_eq!(lshape, g["latents_mean_scaled"].shape);
+    assert_close(
+        "vae encode (mean)",
+        &z,
+        &g["latents_mean_scaled"].data,
+        MODEL_TOL,
+    );
+    let (_, z) = e
+        .encode_images(shape, &g["pixels"].f32(), LatentMode::Sample { seed: 11 })
+        .unwrap();
+    assert_close(
+        "vae encode (seeded sample)",
+        &z,
+        &g["latents_sample_seed11_scaled"].data,
+        MODEL_TOL,
+    );
+    assert!(e
+        .encode_images([1, 3, 15, 16], &[0.0; 240], LatentMode::Mean)
+        .is_err());
+}

@@ -11,7 +11,11 @@ fn dpo_loss_and_gradient_equal_torch() {
     let meta = load_json("loss/dpo.json");
     let g = load_golden("loss/dpo.safetensors");
     let batch = 2 * meta["n_pairs"].as_u64().unwrap() as usize;
-    let (model, reference, target) = (g["model_pred"].f32(), g["ref_pred"].f32(), g["target"].f32());
+    let (model, reference, target) = (
+        g["model_pred"].f32(),
+        g["ref_pred"].f32(),
+        g["target"].f32(),
+    );
     for c in meta["cases"].as_array().unwrap() {
         let beta = c["beta"].as_f64().unwrap();
         let key = c["key"].as_str().unwrap();
@@ -19,7 +23,11 @@ fn dpo_loss_and_gradient_equal_torch() {
         // Same f32 inputs, both sides reduce in f64: 1e-9 relative on the loss; the gradient is
         // returned in f32, so 1e-6 relative there.
         let want = c["loss"].as_f64().unwrap();
-        assert!((s.loss - want).abs() <= 1e-9 * want.abs(), "{key}: loss {} vs {want}", s.loss);
+        assert!(
+            (s.loss - want).abs() <= 1e-9 * want.abs(),
+            "{key}: loss {} vs {want}",
+            s.loss
+        );
         assert_eq!(s.implicit_acc, c["implicit_acc"].as_f64().unwrap(), "{key}");
         assert!((s.model_mse - c["model_mse"].as_f64().unwrap()).abs() < 1e-7);
         assert!((s.ref_mse - c["ref_mse"].as_f64().unwrap()).abs() < 1e-7);
@@ -27,7 +35,10 @@ fn dpo_loss_and_gradient_equal_torch() {
         let scale = gref.data.iter().fold(0f64, |m, v| m.max(v.abs()));
         assert!(scale > 0.0);
         let d = max_abs_diff(&grad, &gref.data);
-        assert!(d <= 1e-6 * scale, "{key}: grad max diff {d:e} (scale {scale:e})");
+        assert!(
+            d <= 1e-6 * scale,
+            "{key}: grad max diff {d:e} (scale {scale:e})"
+        );
         let inside = &g[&format!("{key}.inside")].data;
         let margin: f64 = inside.iter().sum::<f64>() / inside.len() as f64;
         assert!((s.reward_margin - margin).abs() <= 1e-9 * margin.abs().max(1e-3));

@@ -76,6 +76,9 @@ pub struct Engine {
     unet: Model,
     unet_timestep_i64: bool,
     vae_decoder: Model,
+    /// Opened on first use: only training (encode once) needs it.
+    vae_encoder: std::sync::Mutex<Option<Arc<Model>>>,
+    session_options: SessionOptions,
     scheduler: SchedulerConfig,
     layers_per_block: usize,
 }
@@ -141,6 +144,8 @@ impl Engine {
             unet,
             unet_timestep_i64: ts_ty == TensorElementType::Int64,
             vae_decoder,
+            vae_encoder: std::sync::Mutex::new(None),
+            session_options: options.session.clone(),
             scheduler,
             layers_per_block,
         })
@@ -305,6 +310,96 @@ impl Engine {
             cancel,
             ort_time,
         )
+    }
+}
+
+/// How an image becomes latents: the encoder distribution's mean, or a sample from it drawn with
+/// [`crate::rng::TorchRng`] (diffusers' `latent_dist.sample(generator)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatentMode {
+    Mean,
+    Sample { seed: u64 },
+}
+
+impl Engine {
+    fn vae_encoder(&self) -> Result<Arc<Model>, EngineError> {
+        let mut slot = self.vae_encoder.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = slot.as_ref() {
+            return Ok(Arc::clone(m));
+        }
+        let m = self.bundle.manifest();
+        let p = self.bundle.path(&m.vae.encoder);
+        let s = runtime::open_session(&self.runtime, &p, &self.session_options, self.device)?;
+        let model = Model::new(p, s);
+        model.expect_input(
+            "sample",
+            &[TensorElementType::Float32],
+            &[None, Some(3), None, None],
+        )?;
+        model.expect_output("latent_mean")?;
+        model.expect_output("latent_logvar")?;
+        let model = Arc::new(model);
+        *slot = Some(Arc::clone(&model));
+        Ok(model)
+    }
+
+    /// VAE-encodes images `[B, 3, H, W]` in [-1, 1] into scaled latents
+    /// (`(z − shift) · scaling_factor`, what the UNet is trained on), `[B, C, H/f, W/f]`.
+    pub fn encode_images(
+        &self,
+        shape: [usize; 4],
+        pixels: &[f32],
+        mode: LatentMode,
+    ) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+        let m = self.bundle.manifest();
+        let f = m.vae.downsample_factor;
+        if shape[1] != 3
+            || shape[2] % f != 0
+            || shape[3] % f != 0
+            || shape.iter().product::<usize>() != pixels.len()
+        {
+            return Err(EngineError::invalid(
+                "pixels",
+                format!(
+                    "shape {shape:?} with {} values: need [B, 3, H, W] with H, W multiples of {f}",
+                    pixels.len()
+                ),
+            ));
+        }
+        let enc = self.vae_encoder()?;
+        let input = f32_input(&shape, pixels.to_vec(), &enc.path)?;
+        let cancel = CancelToken::new();
+        let mut t = Duration::ZERO;
+        let (lshape, mean) = enc.run(
+            vec![(Cow::Borrowed("sample"), input)],
+            "latent_mean",
+            &cancel,
+            &mut t,
+        )?;
+        let mut z = match mode {
+            LatentMode::Mean => mean,
+            LatentMode::Sample { seed } => {
+                let input = f32_input(&shape, pixels.to_vec(), &enc.path)?;
+                let (_, logvar) = enc.run(
+                    vec![(Cow::Borrowed("sample"), input)],
+                    "latent_logvar",
+                    &cancel,
+                    &mut t,
+                )?;
+                let noise = crate::rng::TorchRng::new(seed).randn(mean.len());
+                mean.iter()
+                    .zip(&logvar)
+                    .zip(&noise)
+                    .map(|((mu, lv), e)| mu + (0.5 * lv.clamp(-30.0, 20.0)).exp() * e)
+                    .collect()
+            }
+        };
+        let (scale, shift) = (
+            m.vae.scaling_factor as f32,
+            m.vae.shift_factor.unwrap_or(0.0) as f32,
+        );
+        z.iter_mut().for_each(|v| *v = (*v - shift) * scale);
+        Ok((lshape, z))
     }
 }
 
