@@ -14,6 +14,7 @@ pub mod limits;
 pub mod lora;
 pub mod loss;
 pub mod npy;
+pub mod optim;
 pub mod provenance;
 pub mod rng;
 pub mod runtime;
