@@ -24,7 +24,9 @@ pub enum LossError {
         expected: usize,
         got: usize,
     },
-    #[error("the batch must hold preferred then rejected samples: an even, non-zero count (got {0})")]
+    #[error(
+        "the batch must hold preferred then rejected samples: an even, non-zero count (got {0})"
+    )]
     OddBatch(usize),
     #[error("beta must be finite and > 0 (got {0})")]
     Beta(f64),
@@ -217,7 +219,13 @@ mod tests {
     fn design_scalar_golden() {
         // DESIGN.md: model on winners [0.1, 0.2], on losers [0.1002, 0.1999], reference on
         // winners [0.1001, 0.2001], on losers [0.1002, 0.2], beta 5000.
-        let v = dpo_from_mse(&[0.1, 0.2], &[0.1002, 0.1999], &[0.1001, 0.2001], &[0.1002, 0.2], 5000.0);
+        let v = dpo_from_mse(
+            &[0.1, 0.2],
+            &[0.1002, 0.1999],
+            &[0.1001, 0.2001],
+            &[0.1002, 0.2],
+            5000.0,
+        );
         assert!((v - 0.634543300219).abs() < 1e-11, "{v}");
     }
 
