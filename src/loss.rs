@@ -125,7 +125,7 @@ pub fn dpo_loss(
     batch: usize,
     beta: f64,
 ) -> Result<(LossStats, Vec<f32>), LossError> {
-    if batch == 0 || batch % 2 != 0 {
+    if batch == 0 || !batch.is_multiple_of(2) {
         return Err(LossError::OddBatch(batch));
     }
     if !(beta.is_finite() && beta > 0.0) {
@@ -177,7 +177,7 @@ pub fn sft_loss(
     target: &[f32],
     batch: usize,
 ) -> Result<(LossStats, Vec<f32>), LossError> {
-    if batch == 0 || batch % 2 != 0 {
+    if batch == 0 || !batch.is_multiple_of(2) {
         return Err(LossError::OddBatch(batch));
     }
     let n = model_pred.len() / batch;

@@ -354,8 +354,8 @@ impl Engine {
         let m = self.bundle.manifest();
         let f = m.vae.downsample_factor;
         if shape[1] != 3
-            || shape[2] % f != 0
-            || shape[3] % f != 0
+            || !shape[2].is_multiple_of(f)
+            || !shape[3].is_multiple_of(f)
             || shape.iter().product::<usize>() != pixels.len()
         {
             return Err(EngineError::invalid(
