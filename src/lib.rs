@@ -20,6 +20,7 @@ pub mod rng;
 pub mod runtime;
 pub mod scheduler;
 pub mod tokenize;
+pub mod train;
 
 pub use cancel::CancelToken;
 pub use engine::{Engine, EngineError, EngineOptions, GenerateRequest, Generated, Progress, Stage};

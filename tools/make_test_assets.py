@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 OPEN_CLIP_WHEEL = "open_clip_torch==3.3.0"
-ASSET_BUDGET = 25 * 1000 * 1000
+ASSET_BUDGET = 40 * 1000 * 1000  # the engine issue's limit for committed test assets
 TARGETS = list(DEFAULT_LORA_TARGETS)
 WEIGHT_NOISE_STD = 0.03
 
@@ -647,6 +647,16 @@ def main(argv=None):
     golden_schedulers(gdir, pipe.scheduler.config)
     golden_txt2img(gdir, pipe_dir, adir)
     timings["goldens"] = time.time() - t0
+
+    # The trainer's goldens live in the same folder (wiped above): regenerate them from the same tiny
+    # pipeline so one command rebuilds every committed golden.
+    t0 = time.time()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for script, extra in (("make_encoder_golden.py", ["--scratch", scratch]), ("make_loss_goldens.py", []),
+                          ("make_optim_goldens.py", []), ("make_trainer_goldens.py", [])):
+        log(f"running {script}")
+        subprocess.run([sys.executable, os.path.join(here, script), *extra], check=True, stdout=subprocess.DEVNULL)
+    timings["trainer goldens"] = time.time() - t0
 
     t0 = time.time()
     log("onnxruntime check of the bundle against the goldens:")

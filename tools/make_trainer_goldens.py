@@ -95,7 +95,9 @@ class Cases:
         t = self.tensors
         if module is not None:
             for name, p in module.state_dict().items():
-                if "lora_" not in name:
+                # Downsample2D registers its conv twice (`conv` and the legacy alias `Conv2d_0`);
+                # diffusers checkpoints keep only `conv`.
+                if "lora_" not in name and "Conv2d_0" not in name:
                     t[f"{case}.w.{name.replace('.base_layer', '')}"] = p
         for k, v in (inputs or {}).items():
             t[f"{case}.{k}"] = v.detach()
@@ -126,6 +128,7 @@ def layer_cases(rnd):
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
     from diffusers.models.upsampling import Upsample2D
 
+    torch.manual_seed(0)  # module constructors draw their default init from the global generator
     c = Cases()
     leaf = lambda *s: rnd.n(*s).requires_grad_(True)  # noqa: E731
 
