@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod cancel;
 pub mod engine;
+pub mod ffi;
 pub mod fsutil;
 pub mod hash;
 pub mod limits;

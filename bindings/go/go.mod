@@ -1,0 +1,3 @@
+module dpoimg
+
+go 1.19
