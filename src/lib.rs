@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod cancel;
+pub mod data;
 pub mod engine;
 pub mod ffi;
 pub mod fsutil;
