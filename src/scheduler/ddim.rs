@@ -16,8 +16,9 @@
 //! (which does not upcast here).
 
 use super::{
-    check_step, check_timesteps_in_table, clamp_f32, ddim_ddpm_timesteps, draw_noise, unsupported,
-    NoiseSource, PredictionType, Resolved, Scheduler, SchedulerConfig, SchedulerError,
+    check_scale_index, check_step, check_timesteps_in_table, clamp_f32, ddim_ddpm_timesteps,
+    draw_noise, unsupported, NoiseSource, PredictionType, Resolved, Scheduler, SchedulerConfig,
+    SchedulerError,
 };
 
 pub(crate) struct Ddim {
@@ -77,11 +78,7 @@ impl Scheduler for Ddim {
     }
 
     fn scale_model_input(&self, _sample: &mut [f32], step_index: usize) {
-        assert!(
-            step_index < self.timesteps.len(),
-            "scale_model_input: step_index {step_index} out of range (0..{})",
-            self.timesteps.len()
-        );
+        check_scale_index(step_index, self.timesteps.len());
     }
 
     fn step(

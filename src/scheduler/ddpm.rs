@@ -20,9 +20,9 @@
 //! `steps_offset = 1` the last timestep is 1, so even the last step is noisy.
 
 use super::{
-    check_step, check_timesteps_in_table, clamp_f32, ddim_ddpm_timesteps, draw_noise, unsupported,
-    NoiseSource, PredictionType, Resolved, Scheduler, SchedulerConfig, SchedulerError,
-    VarianceType,
+    check_scale_index, check_step, check_timesteps_in_table, clamp_f32, ddim_ddpm_timesteps,
+    draw_noise, unsupported, NoiseSource, PredictionType, Resolved, Scheduler, SchedulerConfig,
+    SchedulerError, VarianceType,
 };
 
 pub(crate) struct Ddpm {
@@ -93,11 +93,7 @@ impl Scheduler for Ddpm {
     }
 
     fn scale_model_input(&self, _sample: &mut [f32], step_index: usize) {
-        assert!(
-            step_index < self.timesteps.len(),
-            "scale_model_input: step_index {step_index} out of range (0..{})",
-            self.timesteps.len()
-        );
+        check_scale_index(step_index, self.timesteps.len());
     }
 
     fn step(

@@ -26,8 +26,8 @@ use super::tables::{
     karras_sigmas, np_arange, np_interp_index, np_linspace, np_round, sigma_to_t, train_sigmas_f32,
 };
 use super::{
-    check_step, to_f64, unsupported, NoiseSource, PredictionType, Resolved, Scheduler,
-    SchedulerConfig, SchedulerError, TimestepSpacing,
+    check_scale_index, check_step, to_f64, unsupported, NoiseSource, PredictionType, Resolved,
+    Scheduler, SchedulerConfig, SchedulerError, TimestepSpacing,
 };
 
 /// Float timesteps of `EulerDiscreteScheduler` / `EulerAncestralDiscreteScheduler`
@@ -193,11 +193,7 @@ impl Scheduler for Euler {
     }
 
     fn scale_model_input(&self, sample: &mut [f32], step_index: usize) {
-        assert!(
-            step_index < self.timesteps.len(),
-            "scale_model_input: step_index {step_index} out of range (0..{})",
-            self.timesteps.len()
-        );
+        check_scale_index(step_index, self.timesteps.len());
         euler_scale_input(sample, self.sigmas_f32[step_index]);
     }
 

@@ -25,8 +25,8 @@ use super::euler::{
 };
 use super::tables::{np_interp_index, train_sigmas_f32};
 use super::{
-    check_step, draw_noise, to_f64, unsupported, NoiseSource, PredictionType, Resolved, Scheduler,
-    SchedulerConfig, SchedulerError,
+    check_scale_index, check_step, draw_noise, to_f64, unsupported, NoiseSource, PredictionType,
+    Resolved, Scheduler, SchedulerConfig, SchedulerError,
 };
 
 pub(crate) struct EulerAncestral {
@@ -85,11 +85,7 @@ impl Scheduler for EulerAncestral {
     }
 
     fn scale_model_input(&self, sample: &mut [f32], step_index: usize) {
-        assert!(
-            step_index < self.timesteps.len(),
-            "scale_model_input: step_index {step_index} out of range (0..{})",
-            self.timesteps.len()
-        );
+        check_scale_index(step_index, self.timesteps.len());
         euler_scale_input(sample, self.sigmas_f32[step_index]);
     }
 

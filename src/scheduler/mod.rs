@@ -969,6 +969,15 @@ pub fn add_noise(
 // Helpers shared by the samplers
 // ---------------------------------------------------------------------------------------------
 
+/// `scale_model_input` takes no `Result` (diffusers' signature); an index past the schedule is a
+/// caller bug, reported by a panic that names the range.
+pub(crate) fn check_scale_index(step_index: usize, len: usize) {
+    assert!(
+        step_index < len,
+        "scale_model_input: step_index {step_index} out of range (0..{len})"
+    );
+}
+
 pub(crate) fn check_step(
     model_output: &[f32],
     sample: &[f32],
