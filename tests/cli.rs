@@ -216,6 +216,16 @@ fn bad_arguments_fail_with_clear_messages() {
             "output directory",
         ),
     ];
+    // With the CPU build of ONNX Runtime (what scripts/install-ort.sh installs) asking for CUDA
+    // must say what is missing, not fall back silently. (A GPU build would run instead.)
+    let info = ok(&dpoimg(&["info", b]));
+    let mut cases = cases;
+    if info.contains("CUDA provider absent") {
+        cases.push((
+            vec!["generate", "x", "--bundle", b, "--device", "cuda"],
+            "has no CUDA execution provider",
+        ));
+    }
     for (args, needle) in cases {
         let mut a = args.clone();
         a.extend_from_slice(&["--quiet", "-o", d.path().to_str().unwrap()]);
