@@ -63,7 +63,8 @@
  * - Callbacks take void *userdata first; a returned bool means "continue".
  * - Ownership: every object the library allocates has a free function (dpoimg_engine_close,
  *   dpoimg_images_free, dpoimg_bytes_free, dpoimg_adapter_free, dpoimg_adapter_list_free,
- *   dpoimg_cancel_free); freeing NULL is a no-op; free each object once.
+ *   dpoimg_cancel_free, dpoimg_reward_close, dpoimg_finetune_job_free); freeing NULL is a no-op;
+ *   free each object once.
  * - Threads: an engine is immutable after opening and may be used by any number of threads at once
  *   (dpoimg_generate concurrently; adapter load/unload/list are internally locked); close it when
  *   no call is using it. Images, lists and adapter handles are read-only and may be read from any
@@ -71,11 +72,13 @@
  *
  * Version: DPOIMG_VERSION_* below describe this header; dpoimg_version() the library.
  *
- * Growth without breaking: new features arrive as new functions and appended option fields.
- * Planned are scoring (dpoimg_score, with its own versioned options) and fine-tuning jobs (a
- * dpoimg_job handle started from versioned options, reporting through the same progress-callback
- * shape and stopped with the same dpoimg_cancel); they add DPOIMG_STAGE_* values and negative
- * status codes, and change nothing declared here.
+ * Scoring: dpoimg_reward_open a reward bundle once, dpoimg_reward_score from any thread.
+ * Fine-tuning: dpoimg_finetune_run (blocking) or dpoimg_finetune_start (a job on its own thread:
+ * poll, cancel, wait, adapter path), settings as a JSON object (docs/formats.md), progress through
+ * the same callback shape, stopped with the same dpoimg_cancel.
+ *
+ * Growth without breaking: new features arrive as new functions and appended option fields; they
+ * add stage values and negative status codes, and change nothing declared here.
  */
 
 
@@ -103,9 +106,19 @@
 #define DPOIMG_ENGINE_OPTIONS_VERSION 1
 
 /**
+ * The version of [`dpoimg_finetune_options`] this header describes.
+ */
+#define DPOIMG_FINETUNE_OPTIONS_VERSION 1
+
+/**
  * The version of [`dpoimg_generate_options`] this header describes.
  */
 #define DPOIMG_GENERATE_OPTIONS_VERSION 1
+
+/**
+ * Most images one `dpoimg_reward_score` call takes.
+ */
+#define DPOIMG_MAX_SCORE_IMAGES 256
 
 /**
  * One loaded adapter (opaque, reference-counted).
@@ -131,9 +144,20 @@ typedef struct dpoimg_cancel dpoimg_cancel;
 typedef struct dpoimg_engine dpoimg_engine;
 
 /**
+ * A fine-tuning run on its own thread (opaque): start it, poll its progress, cancel it, wait for
+ * it, read where its adapter is.
+ */
+typedef struct dpoimg_finetune_job dpoimg_finetune_job;
+
+/**
  * The images of one generate call, with what made them (opaque).
  */
 typedef struct dpoimg_images dpoimg_images;
+
+/**
+ * A loaded reward model (opaque, immutable, shared across threads).
+ */
+typedef struct dpoimg_reward dpoimg_reward;
 
 /**
  * Result of every fallible call: `DPOIMG_OK` or one of the negative `DPOIMG_ERR_*` codes.
@@ -199,6 +223,61 @@ typedef struct dpoimg_engine_options {
      */
     const char *ort_library;
 } dpoimg_engine_options;
+
+/**
+ * What a fine-tuning run is doing when the progress callback is called.
+ */
+typedef int32_t dpoimg_finetune_stage;
+
+/**
+ * A progress report. Owned by the library; valid only during the callback. Later versions only
+ * append fields.
+ */
+typedef struct dpoimg_finetune_progress {
+    /**
+     * One of `DPOIMG_FINETUNE_STAGE_*` (more may be added: ignore unknown ones).
+     */
+    dpoimg_finetune_stage stage;
+    uint64_t done;
+    uint64_t total;
+    /**
+     * Loss, implicit accuracy and reward margin of the step (STEP, FINISHED; else 0).
+     */
+    double loss;
+    double implicit_acc;
+    double reward_margin;
+} dpoimg_finetune_progress;
+
+/**
+ * Progress callback: `userdata` first. Return true to continue, false to cancel (the run then
+ * checkpoints its completed steps and returns DPOIMG_ERR_CANCELLED). Called on the calling
+ * thread.
+ */
+typedef bool (*dpoimg_finetune_progress_fn)(void *userdata,
+                                            const struct dpoimg_finetune_progress *progress);
+
+/**
+ * One fine-tuning run. Initialise with `dpoimg_finetune_options_init`, then set `config_json`.
+ */
+typedef struct dpoimg_finetune_options {
+    /**
+     * `DPOIMG_FINETUNE_OPTIONS_VERSION` as compiled by the caller.
+     */
+    uint32_t version;
+    /**
+     * Required: NUL-terminated UTF-8 JSON object of run settings, e.g.
+     * `{"bundle": "models/default", "data": "prefs.jsonl", "output": "run1", "steps": 200}`.
+     * Keys and defaults: docs/formats.md ("Fine-tuning settings"); unknown keys are an error.
+     * `"resume": true` continues the run in `output` from its newest checkpoint.
+     */
+    const char *config_json;
+    dpoimg_finetune_progress_fn progress;
+    void *progress_userdata;
+    /**
+     * Optional cancel handle (NULL = none).
+     */
+    const struct dpoimg_cancel *cancel;
+} dpoimg_finetune_options;
 
 /**
  * One adapter applied to a generation: exactly one of `adapter` (a handle from this engine) or
@@ -351,6 +430,26 @@ typedef int32_t dpoimg_log_level;
  * `dpoimg_log_set_callback`.
  */
 typedef void (*dpoimg_log_fn)(void *userdata, dpoimg_log_level level, const char *message);
+
+/**
+ * Encoding images and prompts into the encode-once cache (`done` of `total` images).
+ */
+#define DPOIMG_FINETUNE_STAGE_ENCODING 1
+
+/**
+ * An optimiser step finished (`done` of `total` steps; loss and accuracy of that step).
+ */
+#define DPOIMG_FINETUNE_STAGE_STEP 2
+
+/**
+ * A checkpoint was written after `done` steps.
+ */
+#define DPOIMG_FINETUNE_STAGE_CHECKPOINT 3
+
+/**
+ * The run finished; the adapter is `<output>/adapter.safetensors`.
+ */
+#define DPOIMG_FINETUNE_STAGE_FINISHED 4
 
 /**
  * Tokenising and encoding the prompts (reported once, `step` = 0).
@@ -677,6 +776,103 @@ size_t dpoimg_engine_last_error(const struct dpoimg_engine *engine, char *buf, s
 
 /**
  * Fills `options` with the defaults of options version `version` (pass
+ * `DPOIMG_FINETUNE_OPTIONS_VERSION`).
+ *
+ * Returns DPOIMG_ERR_MISUSE for NULL, DPOIMG_ERR_VERSION for an unknown version.
+ *
+ * # Safety
+ * `options` is NULL or points to writable memory for a `dpoimg_finetune_options`.
+ */
+dpoimg_status dpoimg_finetune_options_init(struct dpoimg_finetune_options *options,
+                                           uint32_t version);
+
+/**
+ * Runs (or, with `"resume": true`, continues) a fine-tuning job to its end, on the calling
+ * thread. The adapter is written to `<output>/adapter.safetensors`, with checkpoints, the
+ * metrics log and plots in `output` (see README, "Fine-tuning").
+ *
+ * Returns DPOIMG_OK when the run finished (or paused after `stop_after` steps),
+ * DPOIMG_ERR_INVALID_ARGUMENT for bad JSON/settings/data, DPOIMG_ERR_IO for file problems (an
+ * existing run without `"resume": true` included), DPOIMG_ERR_BUNDLE, DPOIMG_ERR_RUNTIME (a
+ * device that is not available), DPOIMG_ERR_MODEL (training failure or divergence),
+ * DPOIMG_ERR_CANCELLED. The message is the thread's last error.
+ *
+ * Thread-safety: any thread; two runs must not share an `output` directory.
+ *
+ * # Safety
+ * `options` points to an initialised `dpoimg_finetune_options` whose pointers are valid.
+ */
+dpoimg_status dpoimg_finetune_run(const struct dpoimg_finetune_options *options);
+
+/**
+ * Starts a fine-tuning run (the settings of `dpoimg_finetune_run`) on a new thread and writes
+ * its handle to `*out_job`. A progress callback in `options`, if set, is called on the job's
+ * thread. Settings are parsed before this returns (DPOIMG_ERR_INVALID_ARGUMENT for bad JSON);
+ * everything else is reported by `dpoimg_finetune_job_wait`.
+ *
+ * Ownership: free with `dpoimg_finetune_job_free` (which cancels and waits for a running job).
+ *
+ * # Safety
+ * `options` points to an initialised `dpoimg_finetune_options`; `out_job` is writable. The
+ * callback's userdata must stay valid until the job has finished.
+ */
+dpoimg_status dpoimg_finetune_start(const struct dpoimg_finetune_options *options,
+                                    struct dpoimg_finetune_job **out_job);
+
+/**
+ * Copies the job's latest progress to `*out_progress` and whether it has finished to
+ * `*out_finished` (either may be NULL). Never blocks. Thread-safety: any thread.
+ *
+ * # Safety
+ * `job` is live; the out pointers are NULL or writable.
+ */
+dpoimg_status dpoimg_finetune_job_poll(const struct dpoimg_finetune_job *job,
+                                       struct dpoimg_finetune_progress *out_progress,
+                                       bool *out_finished);
+
+/**
+ * Asks the job to stop: it checkpoints its completed steps and ends with
+ * DPOIMG_ERR_CANCELLED (resume later with `"resume": true`). Thread-safety: any thread.
+ *
+ * # Safety
+ * `job` is live.
+ */
+dpoimg_status dpoimg_finetune_job_cancel(const struct dpoimg_finetune_job *job);
+
+/**
+ * Blocks until the job has finished and returns its result: DPOIMG_OK (finished or paused) or
+ * the run's error status, whose message becomes this thread's last error (the statuses of
+ * `dpoimg_finetune_run`). May be called again; it returns the same result.
+ *
+ * # Safety
+ * `job` is live.
+ */
+dpoimg_status dpoimg_finetune_job_wait(const struct dpoimg_finetune_job *job);
+
+/**
+ * Writes the finished job's adapter path (UTF-8, NUL-terminated) into `buf` of `cap` bytes and
+ * its length without the NUL to `*out_len` (if not NULL). DPOIMG_ERR_NOT_FOUND while the job
+ * runs or when it ended without an adapter; DPOIMG_ERR_INVALID_ARGUMENT when `cap` is too small
+ * (`*out_len` then says how much is needed).
+ *
+ * # Safety
+ * `job` is live; `buf` has `cap` writable bytes; `out_len` is NULL or writable.
+ */
+dpoimg_status dpoimg_finetune_job_adapter_path(const struct dpoimg_finetune_job *job,
+                                               char *buf,
+                                               size_t cap,
+                                               size_t *out_len);
+
+/**
+ * Frees a job; a running job is cancelled and waited for first. NULL is a no-op.
+ *
+ * # Safety
+ * `job` is NULL or from `dpoimg_finetune_start`, not yet freed; no other call is using it.
+ */
+void dpoimg_finetune_job_free(struct dpoimg_finetune_job *job);
+
+/**
+ * Fills `options` with the defaults of options version `version` (pass
  * `DPOIMG_GENERATE_OPTIONS_VERSION`). The prompt is left NULL: set it.
  *
  * Returns DPOIMG_ERR_MISUSE for NULL, DPOIMG_ERR_VERSION for an unknown version (then `options`
@@ -779,6 +975,47 @@ void dpoimg_images_free(struct dpoimg_images *images);
 dpoimg_status dpoimg_log_set_callback(dpoimg_log_fn callback,
                                       void *userdata,
                                       dpoimg_log_level max_level);
+
+/**
+ * Opens the reward bundle in `reward_dir` (NUL-terminated UTF-8; a directory with
+ * `reward.json`) and writes the handle to `*out_reward`. `options` (NULL = defaults) is read for
+ * its device, thread counts, verification and ONNX Runtime library, as for an engine.
+ *
+ * Errors: DPOIMG_ERR_MISUSE, DPOIMG_ERR_VERSION, DPOIMG_ERR_INVALID_ARGUMENT, DPOIMG_ERR_BUNDLE
+ * (missing, malformed, or a model bundle instead of a reward bundle), DPOIMG_ERR_RUNTIME.
+ * Ownership: free with `dpoimg_reward_close`.
+ *
+ * # Safety
+ * Pointers are NULL or valid; strings are NUL-terminated.
+ */
+dpoimg_status dpoimg_reward_open(const char *reward_dir,
+                                 const struct dpoimg_engine_options *options,
+                                 struct dpoimg_reward **out_reward);
+
+/**
+ * Scores `count` images (1..=DPOIMG_MAX_SCORE_IMAGES) against `prompt` (NUL-terminated UTF-8)
+ * and writes one normalised score per image to `out_scores[0..count]` (only on success). Images
+ * are 8-bit RGB, `stride` bytes per row (e.g. from `dpoimg_images_get`).
+ *
+ * Thread-safety: any number of threads may score with one handle at once.
+ *
+ * # Safety
+ * `reward` is live; `images` points to `count` valid `dpoimg_image`s whose `data` holds `len`
+ * bytes; `out_scores` has room for `count` floats.
+ */
+dpoimg_status dpoimg_reward_score(const struct dpoimg_reward *reward,
+                                  const char *prompt,
+                                  const struct dpoimg_image *images,
+                                  size_t count,
+                                  float *out_scores);
+
+/**
+ * Frees a reward handle. NULL is a no-op. No call may be using it.
+ *
+ * # Safety
+ * `reward` is NULL or from `dpoimg_reward_open`, not yet closed.
+ */
+void dpoimg_reward_close(struct dpoimg_reward *reward);
 
 /**
  * The message of the last failed call on this thread, or "" if none failed yet.

@@ -82,8 +82,8 @@ header_example() {
 check header-example header_example
 
 # --- C tests -------------------------------------------------------------------------------------
-tests=(version errors panic generate concurrency adapters_log)
-build_test() { "${cc_strict[@]}" -std=c11 -o "$work/$1" "tests/c/$1.c" -L"$lib" -Wl,-rpath,"$lib" -ldpoimg -lpthread; }
+tests=(version errors panic generate concurrency adapters_log finetune score)
+build_test() { "${cc_strict[@]}" -std=c11 -o "$work/$1" "tests/c/$1.c" -L"$lib" -Wl,-rpath,"$lib" -ldpoimg -lpthread -lm; }
 for t in "${tests[@]}"; do check "compile-$t" build_test "$t"; done
 
 # The reference image: the command-line tool with the settings of tests/c/generate.c.
@@ -92,12 +92,16 @@ check cli-reference-png "$lib/dpoimg" generate "a red circle above a blue square
     --bundle "$DPOIMG_TEST_BUNDLE" --negative-prompt blurry --seed 42 --steps 4 --sampler euler-a \
     --adapter tests/assets/adapters/r4.safetensors:0.5 --device cpu --threads 1 --quiet -o "$work/ref"
 ref="$work/ref/dpoimg-42-0.png"
+# The reference score of that image, for tests/c/score.c.
+ref_score="$("$lib/dpoimg" score --reward tests/assets/reward-tiny --device cpu --threads 1 --json \
+    "a red circle above a blue square" "$ref" | sed -n 's/^ *"mean": \(.*\),$/\1/p')"
 
 run_test() { # run_test NAME [launcher...]: the test binary with its arguments
     local t="$1"
     shift
     case "$t" in
         generate) "$@" "$work/generate" "$work/c-generate.png" "$ref" ;;
+        score) "$@" "$work/score" "$ref_score" ;;
         *) "$@" "$work/$t" ;;
     esac
 }

@@ -618,10 +618,18 @@ def main(argv=None):
     scratch, assets = os.path.abspath(a.scratch), os.path.abspath(a.assets)
     pipe_dir = os.path.join(scratch, "tiny-sd")
     bundle_dir, adir, gdir = (os.path.join(assets, d) for d in ("tiny-bundle", "adapters", "golden"))
-    for d in (bundle_dir, adir, gdir):
+    for d in (bundle_dir, adir):
         if os.path.exists(d):
             shutil.rmtree(d)
         os.makedirs(d)
+    # golden/ also holds other scripts' goldens (export_imagereward.py, export_metrics.py,
+    # make_stats_goldens.py, make_dpok_goldens.py): remove only what this script writes.
+    others = {"score", "metrics", "stats", "dpok"}
+    os.makedirs(gdir, exist_ok=True)
+    for name in os.listdir(gdir):
+        if name not in others:
+            p = os.path.join(gdir, name)
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
 
     t0 = time.time()
     wheel = ensure_open_clip_wheel(os.path.join(scratch, "dl"))

@@ -39,6 +39,14 @@ enum Command {
     /// Adapter tools.
     #[command(subcommand)]
     Adapter(AdapterCommand),
+    /// ImageReward scores of image files (PROMPT IMAGE..., or --prompts FILE IMAGE_DIR).
+    Score(dpoimg::score::cli::ScoreArgs),
+    /// Evaluate arms (base, adapters) on a prompt file: images, metrics, paired statistics,
+    /// eval.json + report.html; blind A/B export and votes.
+    Eval(dpoimg::eval::cli::EvalArgs),
+    /// The shapes world: prompts, renderer, attribute checker, simulated annotators.
+    #[command(subcommand)]
+    World(dpoimg::world::cli::WorldCommand),
 }
 
 #[derive(Subcommand)]
@@ -131,6 +139,16 @@ struct GenerateArgs {
 
 /// The shipped bundle: DPOIMG_BUNDLE, `models/default` next to the binary's tree, or in the
 /// source checkout this binary was built from.
+fn eval_cmd(args: &dpoimg::eval::cli::EvalArgs) -> Result<(), Failure> {
+    let cancel = CancelToken::new();
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || c.cancel());
+    match dpoimg::eval::cli::run(args, default_bundle(), &cancel) {
+        Err(dpoimg::eval::EvalError::Cancelled) => Err(Failure::Cancelled),
+        r => r.map_err(|e| Failure::Message(e.to_string())),
+    }
+}
+
 fn default_bundle() -> PathBuf {
     if let Some(p) = std::env::var_os("DPOIMG_BUNDLE").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
@@ -212,6 +230,11 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(args),
         Command::Info { path, rt } => info(path, &rt),
         Command::Adapter(cmd) => adapter(cmd),
+        Command::Score(args) => dpoimg::score::cli::run(&args, &mut std::io::stdout().lock())
+            .map_err(|e| Failure::Message(e.to_string())),
+        Command::Eval(args) => eval_cmd(&args),
+        Command::World(cmd) => dpoimg::world::cli::run(&cmd, &mut std::io::stdout().lock())
+            .map_err(|e| Failure::Message(e.to_string())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

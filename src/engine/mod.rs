@@ -5,7 +5,7 @@ mod generate;
 mod models;
 mod request;
 
-pub use generate::{Generated, Image, Timings};
+pub use generate::{BatchKey, Generated, Image, Timings};
 pub use request::{GenerateRequest, Progress, Stage};
 
 use crate::bundle::{Bundle, BundleError, Verify};

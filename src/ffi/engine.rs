@@ -4,7 +4,6 @@
 //! adds, the table of loaded adapters (behind a lock), and the engine's last error.
 
 use super::adapter::AdapterTable;
-use super::ortlib;
 use super::panic::{boundary, boundary_or, catch};
 use super::ptr::{free_handle, handle, new_handle, opt_str, out, req_str, Kind};
 use super::status::{dpoimg_status, Error, ErrorSlot, DPOIMG_ERR_VERSION};
@@ -127,7 +126,7 @@ pub(crate) fn check_version(version: u32, known: u32, what: &str) -> Result<(), 
 ///
 /// # Safety
 /// `p` is NULL or points to a `dpoimg_engine_options` of the version it states.
-unsafe fn read_options(p: *const dpoimg_engine_options) -> Result<EngineOptions, Error> {
+pub(crate) unsafe fn read_options(p: *const dpoimg_engine_options) -> Result<EngineOptions, Error> {
     let o = if p.is_null() {
         dpoimg_engine_options::default()
     } else {
@@ -145,7 +144,8 @@ unsafe fn read_options(p: *const dpoimg_engine_options) -> Result<EngineOptions,
     };
     let ort_library = match opt_str(o.ort_library, "ort_library")? {
         Some(s) if !s.is_empty() => Some(PathBuf::from(s)),
-        _ => ortlib::default_library(),
+        // None: the runtime's search, which looks beside libdpoimg first (runtime::locate)
+        _ => None,
     };
     Ok(EngineOptions {
         session: SessionOptions {

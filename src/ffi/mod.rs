@@ -14,29 +14,31 @@
 //! - Callbacks take `void *userdata` first; a returned `bool` means "continue".
 //! - Whatever the library allocates has a free function, and freeing NULL is a no-op.
 //!
-//! Planned additions reuse these pieces without changing what exists: scoring
-//! (`dpoimg_score`, a versioned options struct) and fine-tuning jobs (a `dpoimg_job` handle
-//! started with versioned options, progress through the same callback shape, stopped with the same
-//! `dpoimg_cancel`, new `DPOIMG_STAGE_*` values and new negative status codes).
+//! Scoring (`dpoimg_reward_*`, [`score`]) and fine-tuning (`dpoimg_finetune_run`, [`finetune`])
+//! reuse these pieces: a versioned options
+//! struct, a progress callback of the same shape, the same `dpoimg_cancel`.
 
 // Declared in the order the header presents them.
 pub mod adapter;
 pub mod cancel;
 pub mod engine;
+pub mod finetune;
 pub mod generate;
 pub mod image;
 pub mod log;
-mod ortlib;
 mod panic;
 mod ptr;
+pub mod score;
 pub mod status;
 
 pub use adapter::*;
 pub use cancel::*;
 pub use engine::*;
+pub use finetune::*;
 pub use generate::*;
 pub use image::*;
 pub use log::*;
+pub use score::*;
 pub use status::*;
 
 use panic::boundary;

@@ -1,8 +1,10 @@
 //! Finding `libonnxruntime` without downloading anything at run time.
 //!
-//! Order: `DPOIMG_ORT_LIB`, `ORT_DYLIB_PATH`, next to the executable (and its `lib/`), the
-//! project-local `.ort/lib` that `scripts/install-ort.sh` fills (path recorded at build time), then
-//! an installed Python `onnxruntime`/`onnxruntime-gpu` package.
+//! Order: `DPOIMG_ORT_LIB`, `ORT_DYLIB_PATH`, next to the loaded libdpoimg (`scripts/install.sh`
+//! puts `libonnxruntime` beside `libdpoimg` in `PREFIX/lib`, while a C, Go or Swift host's
+//! executable lives elsewhere), next to the executable (and its `lib/`), the project-local
+//! `.ort/lib` that `scripts/install-ort.sh` fills (path recorded at build time), then an installed
+//! Python `onnxruntime`/`onnxruntime-gpu` package.
 
 use super::RuntimeError;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ pub enum LibrarySource {
     Explicit,
     EnvDpoimg,
     EnvOrt,
+    NextToLibrary,
     NextToExecutable,
     ProjectLocal,
     PythonPackage,
@@ -94,6 +97,9 @@ pub fn locate_library() -> Result<LocatedLibrary, RuntimeError> {
         tried.push(format!("${var} (unset)"));
     }
     let mut dirs: Vec<(PathBuf, LibrarySource)> = Vec::new();
+    if let Some(own) = own_directory() {
+        dirs.push((own, LibrarySource::NextToLibrary));
+    }
     if let Some(exe_dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
@@ -133,4 +139,46 @@ pub fn locate_library() -> Result<LocatedLibrary, RuntimeError> {
     Err(RuntimeError::LibraryNotFound {
         tried: tried.join(", "),
     })
+}
+
+/// The directory of the object this code was loaded from: libdpoimg.so for a shared-library host,
+/// the executable itself when dpoimg is linked statically (then it equals the executable's).
+#[cfg(unix)]
+fn own_directory() -> Option<PathBuf> {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+    use std::os::unix::ffi::OsStrExt;
+
+    #[repr(C)]
+    struct DlInfo {
+        dli_fname: *const c_char,
+        dli_fbase: *mut c_void,
+        dli_sname: *const c_char,
+        dli_saddr: *mut c_void,
+    }
+    extern "C" {
+        fn dladdr(addr: *const c_void, info: *mut DlInfo) -> c_int;
+    }
+    let mut info = DlInfo {
+        dli_fname: std::ptr::null(),
+        dli_fbase: std::ptr::null_mut(),
+        dli_sname: std::ptr::null(),
+        dli_saddr: std::ptr::null_mut(),
+    };
+    let addr = own_directory as *const c_void;
+    // SAFETY: dladdr only reads the address and fills `info`; dli_fname, when set, is a
+    // NUL-terminated string owned by the dynamic loader for as long as the object is loaded.
+    let name = unsafe {
+        if dladdr(addr, &mut info) == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        CStr::from_ptr(info.dli_fname)
+    };
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(name.to_bytes()));
+    let path = path.canonicalize().unwrap_or(path);
+    path.parent().map(PathBuf::from)
+}
+
+#[cfg(not(unix))]
+fn own_directory() -> Option<PathBuf> {
+    None
 }

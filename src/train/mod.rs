@@ -35,6 +35,8 @@ pub mod lora;
 pub mod tensor;
 pub mod unet;
 
+#[cfg(feature = "cuda")]
+pub use backend::Cuda;
 pub use backend::{Backend, Cpu};
 pub use lora::{LinearInfo, LoraConfig, LoraGrads, LoraInit, LoraParams, LoraSet};
 pub use tensor::Tensor;
@@ -66,4 +68,8 @@ pub enum TrainError {
         field: &'static str,
         message: String,
     },
+    /// A compute device that cannot be used (missing driver or library, no such GPU, kernels
+    /// that do not compile or load); the message names what is missing and the fix.
+    #[error("{device}: {message}")]
+    Device { device: String, message: String },
 }

@@ -66,6 +66,7 @@ pub fn load_golden(name: &str) -> HashMap<String, Golden> {
                     .chunks_exact(4)
                     .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
                     .collect(),
+                Dtype::U8 => b.iter().map(|&v| v as f64).collect(),
                 other => panic!("{k}: unsupported golden dtype {other:?}"),
             };
             (

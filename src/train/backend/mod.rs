@@ -13,8 +13,12 @@
 //! sequences `[batch, tokens, channels]`.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 pub use cpu::Cpu;
+#[cfg(feature = "cuda")]
+pub use cuda::{missing_libraries as cuda_missing_libraries, Cuda, CudaBuf};
 
 /// One strided-batched, row-major GEMM: for `i in 0..batch`,
 /// `C_i = alpha · op(A_i) · op(B_i) + beta · C_i`, with `op(A_i)` `m×k`, `op(B_i)` `k×n`, `C_i` `m×n`.
