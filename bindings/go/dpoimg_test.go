@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 const (
@@ -229,5 +230,77 @@ func TestLoggerAndClose(t *testing.T) {
 	e.Close() // idempotent
 	if _, err := e.Generate(context.Background(), GenerateOptions{Prompt: "closed"}); !errors.Is(err, ErrMisuse) {
 		t.Fatalf("generate on a closed engine: %v", err)
+	}
+}
+
+func TestRewardScoresGeneratedImages(t *testing.T) {
+	e := openTest(t)
+	im, err := e.Generate(context.Background(), GenerateOptions{Prompt: "a red circle", Seed: 3, Steps: 2, Count: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	a, _ := im.Image(0)
+	b, _ := im.Image(1)
+	r, err := OpenReward("../../tests/assets/reward-tiny", &EngineOptions{Device: "cpu", IntraThreads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	s, err := r.Score("a red circle", []Image{a, b, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s) != 3 || s[0] != s[2] || s[0] == s[1] {
+		t.Fatalf("scores %v", s)
+	}
+	if _, err := r.Score("x", nil); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("no images: %v", err)
+	}
+	if _, err := OpenReward(bundle, nil); !errors.Is(err, ErrBundle) {
+		t.Fatalf("model bundle as reward bundle: %v", err)
+	}
+	r.Close()
+	if _, err := r.Score("x", []Image{a}); !errors.Is(err, ErrMisuse) {
+		t.Fatalf("closed: %v", err)
+	}
+}
+
+func TestFinetuneAndCancel(t *testing.T) {
+	dir := t.TempDir()
+	cfg := func(run, extra string) string {
+		return `{"bundle": "` + bundle + `", "data": "../../tests/assets/train/prefs.jsonl", "output": "` +
+			dir + "/" + run + `", "cache_dir": "` + dir + `/cache", "steps": 2, "threads": 1, "lr": 0.001` + extra + `}`
+	}
+	var steps int
+	path, err := Finetune(context.Background(), cfg("a", ""), 10*time.Millisecond, func(p FinetuneProgress) {
+		if p.Stage == FinetuneStep {
+			steps++
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(path, "/a/adapter.safetensors") || steps == 0 {
+		t.Fatalf("path %q, %d step reports", path, steps)
+	}
+	e := openTest(t)
+	ad, err := e.LoadAdapter(path, "tuned")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ad.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Finetune(ctx, cfg("b", ""), 0, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled before start: %v", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := Finetune(ctx, cfg("c", `, "grad_accum": 60000`), 0, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cancelled mid-run: %v", err)
+	}
+	if _, err := Finetune(context.Background(), `{"stepz": 1}`, 0, nil); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("bad settings: %v", err)
 	}
 }

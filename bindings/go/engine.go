@@ -31,34 +31,42 @@ var errClosed = &Error{Status: StatusMisuse, Message: "engine is closed"}
 
 // Open loads and checks the bundle in directory bundleDir. opts may be nil.
 func Open(bundleDir string, opts *EngineOptions) (*Engine, error) {
-	if opts == nil {
-		opts = &EngineOptions{}
-	}
-	var o C.dpoimg_engine_options
-	if err := call(func() C.dpoimg_status {
-		return C.dpoimg_engine_options_init(&o, C.DPOIMG_ENGINE_OPTIONS_VERSION)
-	}); err != nil {
+	o, free, err := cEngineOptions(opts)
+	if err != nil {
 		return nil, err
 	}
+	defer free()
 	dir, freeDir := cstring(bundleDir, false)
 	defer freeDir()
-	device, freeDevice := cstring(opts.Device, true)
-	defer freeDevice()
-	ort, freeORT := cstring(opts.ORTLibrary, true)
-	defer freeORT()
-	o.device = device
-	o.ort_library = ort
-	o.intra_threads = C.uint32_t(opts.IntraThreads)
-	o.inter_threads = C.uint32_t(opts.InterThreads)
-	o.verify = C.bool(!opts.SkipVerify)
-	if opts.IntraThreads < 0 || opts.InterThreads < 0 {
-		return nil, &Error{Status: StatusInvalidArgument, Message: "thread counts must be >= 0"}
-	}
 	e := &Engine{}
 	if err := call(func() C.dpoimg_status { return C.dpoimg_engine_open(dir, &o, &e.ptr) }); err != nil {
 		return nil, err
 	}
 	return e, nil
+}
+
+// cEngineOptions fills the C options struct from opts (nil = defaults); call free after use.
+func cEngineOptions(opts *EngineOptions) (C.dpoimg_engine_options, func(), error) {
+	var o C.dpoimg_engine_options
+	if opts == nil {
+		opts = &EngineOptions{}
+	}
+	if opts.IntraThreads < 0 || opts.InterThreads < 0 {
+		return o, nil, &Error{Status: StatusInvalidArgument, Message: "thread counts must be >= 0"}
+	}
+	if err := call(func() C.dpoimg_status {
+		return C.dpoimg_engine_options_init(&o, C.DPOIMG_ENGINE_OPTIONS_VERSION)
+	}); err != nil {
+		return o, nil, err
+	}
+	device, freeDevice := cstring(opts.Device, true)
+	ort, freeORT := cstring(opts.ORTLibrary, true)
+	o.device = device
+	o.ort_library = ort
+	o.intra_threads = C.uint32_t(opts.IntraThreads)
+	o.inter_threads = C.uint32_t(opts.InterThreads)
+	o.verify = C.bool(!opts.SkipVerify)
+	return o, func() { freeDevice(); freeORT() }, nil
 }
 
 // Close frees the engine after the calls in flight on it return. Closing twice is a no-op.

@@ -113,6 +113,38 @@ pub unsafe extern "C" fn dpoimg_finetune_options_init(
     })
 }
 
+/// Reads the caller's options (version first), parses the settings and resolves the cancel
+/// handle: what `dpoimg_finetune_run` and `dpoimg_finetune_start` both need.
+///
+/// # Safety
+/// `options` is NULL or points to an initialised `dpoimg_finetune_options`.
+unsafe fn read_options(
+    options: *const dpoimg_finetune_options,
+) -> Result<(dpoimg_finetune_options, DpoConfig, CancelToken), Error> {
+    if options.is_null() {
+        return Err(Error::misuse("`options` is NULL"));
+    }
+    let version = std::ptr::addr_of!((*options).version).read();
+    check_version(
+        version,
+        DPOIMG_FINETUNE_OPTIONS_VERSION,
+        "dpoimg_finetune_options",
+    )?;
+    let o = options.read();
+    let text = req_str(o.config_json, "config_json")?;
+    let cfg: DpoConfig = serde_json::from_str(text).map_err(|e| {
+        Error::invalid(format!(
+            "config_json: {e}. Fix: a JSON object of run settings (docs/formats.md)"
+        ))
+    })?;
+    let token = if o.cancel.is_null() {
+        CancelToken::new()
+    } else {
+        handle(o.cancel)?.clone()
+    };
+    Ok((o, cfg, token))
+}
+
 fn status_of(e: &FinetuneError) -> dpoimg_status {
     match e {
         FinetuneError::Config { .. } | FinetuneError::Data(_) => DPOIMG_ERR_INVALID_ARGUMENT,
@@ -161,27 +193,7 @@ pub unsafe extern "C" fn dpoimg_finetune_run(
     options: *const dpoimg_finetune_options,
 ) -> dpoimg_status {
     boundary(|| {
-        if options.is_null() {
-            return Err(Error::misuse("`options` is NULL"));
-        }
-        let version = std::ptr::addr_of!((*options).version).read();
-        check_version(
-            version,
-            DPOIMG_FINETUNE_OPTIONS_VERSION,
-            "dpoimg_finetune_options",
-        )?;
-        let o = options.read();
-        let text = req_str(o.config_json, "config_json")?;
-        let cfg: DpoConfig = serde_json::from_str(text).map_err(|e| {
-            Error::invalid(format!(
-                "config_json: {e}. Fix: a JSON object of run settings (docs/formats.md)"
-            ))
-        })?;
-        let token = if o.cancel.is_null() {
-            CancelToken::new()
-        } else {
-            handle(o.cancel)?.clone()
-        };
+        let (o, cfg, token) = read_options(options)?;
         let on_event = &mut |e: &Event| {
             let (Some(f), Some(p)) = (o.progress, progress_of(e, cfg.steps)) else {
                 return;
@@ -261,28 +273,8 @@ pub unsafe extern "C" fn dpoimg_finetune_start(
     out_job: *mut *mut dpoimg_finetune_job,
 ) -> dpoimg_status {
     boundary(|| {
-        if options.is_null() {
-            return Err(Error::misuse("`options` is NULL"));
-        }
-        let version = std::ptr::addr_of!((*options).version).read();
-        check_version(
-            version,
-            DPOIMG_FINETUNE_OPTIONS_VERSION,
-            "dpoimg_finetune_options",
-        )?;
-        let o = options.read();
+        let (o, cfg, cancel) = read_options(options)?;
         let out_job = out(out_job, "out_job")?;
-        let text = req_str(o.config_json, "config_json")?;
-        let cfg: DpoConfig = serde_json::from_str(text).map_err(|e| {
-            Error::invalid(format!(
-                "config_json: {e}. Fix: a JSON object of run settings (docs/formats.md)"
-            ))
-        })?;
-        let cancel = if o.cancel.is_null() {
-            CancelToken::new()
-        } else {
-            handle(o.cancel)?.clone()
-        };
         let state = std::sync::Arc::new(std::sync::Mutex::new(JobState {
             progress: dpoimg_finetune_progress {
                 stage: 0,
