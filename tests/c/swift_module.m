@@ -22,6 +22,28 @@ int main(void) {
         dpoimg_images_encode_png(images, 0, &png) == DPOIMG_OK) {
         dpoimg_bytes_free(png);
     }
+    /* scoring and fine-tuning (ScoreFinetune.swift) */
+    dpoimg_reward *reward = 0;
+    float score = 0;
+    if (dpoimg_reward_open("reward", &eo, &reward) == DPOIMG_OK && img)
+        (void)dpoimg_reward_score(reward, "prompt", img, 1, &score);
+    dpoimg_reward_close(reward);
+    dpoimg_finetune_options fo;
+    dpoimg_finetune_job *job = 0;
+    dpoimg_finetune_progress fp;
+    bool finished = false;
+    char path[64];
+    size_t n = 0;
+    if (dpoimg_finetune_options_init(&fo, DPOIMG_FINETUNE_OPTIONS_VERSION) == DPOIMG_OK) {
+        fo.config_json = "{}";
+        if (dpoimg_finetune_start(&fo, &job) == DPOIMG_OK &&
+            dpoimg_finetune_job_poll(job, &fp, &finished) == DPOIMG_OK) {
+            (void)dpoimg_finetune_job_cancel(job);
+            (void)dpoimg_finetune_job_wait(job);
+            (void)dpoimg_finetune_job_adapter_path(job, path, sizeof path, &n);
+        }
+        dpoimg_finetune_job_free(job);
+    }
     dpoimg_images_free(images);
     dpoimg_cancel_free(cancel);
     dpoimg_engine_close(engine);
