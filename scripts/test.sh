@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # are finite.
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 scripts/install-ort.sh
-scripts/install-chromium.sh # headless Chromium for tests/eval.rs's report check
+scripts/install-chromium.sh # headless Chromium: tests/eval.rs, tests/experiment.rs (reports), daemon/tests/rating.rs (rating page)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The trainer's CUDA backend builds without CUDA: keep it compiling and lint-clean (its tests skip

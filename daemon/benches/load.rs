@@ -122,8 +122,12 @@ fn main() {
     for max_batch in [8usize, 1] {
         let (mut child, socket) = start(dir.path(), max_batch);
         rt.block_on(ready(&socket));
-        rt.block_on(run(&socket, 4, 50, steps)); // warm-up
+        // Warm-up at the widest concurrency: ONNX Runtime's CPU arena and memory-pattern cache grow
+        // to the largest batch they see, so a narrower warm-up would count that one-off growth
+        // as if it were a leak.
+        rt.block_on(run(&socket, 16, n(200), steps));
         let rss0 = rss_kib(child.id());
+        let mut rss_phases = Vec::new();
         let mut seq_rate = 0.0;
         let mut count = 0;
         let plan: Vec<(usize, usize)> = if max_batch > 1 {
@@ -147,6 +151,7 @@ fn main() {
                 pct(&mut lat, 0.5) * 1e3,
                 pct(&mut lat, 0.99) * 1e3
             );
+            rss_phases.push(format!("{:.1}", rss_kib(child.id()) as f64 / 1024.0));
         }
         let rss1 = rss_kib(child.id());
         println!(
@@ -154,6 +159,10 @@ fn main() {
             rss0 as f64 / 1024.0,
             rss1 as f64 / 1024.0,
             100.0 * (rss1 as f64 - rss0 as f64) / rss0 as f64
+        );
+        println!(
+            "max-batch {max_batch}: RSS after each phase (MiB): {}",
+            rss_phases.join(", ")
         );
         // SAFETY: signalling our child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

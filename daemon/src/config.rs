@@ -69,6 +69,17 @@ pub struct Args {
     /// (default 30).
     #[arg(long)]
     pub shutdown_grace_secs: Option<u64>,
+    /// ImageReward bundle (reward.json) that `POST /v1/score` uses; loaded once at start.
+    /// Without it, /v1/score answers `reward_not_configured`.
+    #[arg(long)]
+    pub reward: Option<PathBuf>,
+    /// Largest `POST /v1/score` body in bytes (images travel base64 inside it; default 33554432).
+    #[arg(long)]
+    pub max_score_body_bytes: Option<usize>,
+    /// Serve the blind rating page on this loopback address (e.g. 127.0.0.1:8765; port 0 picks
+    /// a free one, reported by /v1/health as `rating_addr`). Off unless given.
+    #[arg(long)]
+    pub rating_addr: Option<std::net::SocketAddr>,
 }
 
 /// The config file: the same names as the flags.
@@ -92,6 +103,9 @@ struct FileConfig {
     ort_lib: Option<PathBuf>,
     no_verify: Option<bool>,
     shutdown_grace_secs: Option<u64>,
+    rating_addr: Option<String>,
+    reward: Option<PathBuf>,
+    max_score_body_bytes: Option<usize>,
 }
 
 /// Resolved settings.
@@ -114,6 +128,11 @@ pub struct Config {
     pub ort_lib: Option<PathBuf>,
     pub no_verify: bool,
     pub shutdown_grace_secs: u64,
+    /// Reward bundle for `/v1/score`; `None` = scoring off.
+    pub reward: Option<PathBuf>,
+    pub max_score_body_bytes: usize,
+    /// Loopback address of the blind rating page; `None` = off.
+    pub rating_addr: Option<std::net::SocketAddr>,
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -187,7 +206,25 @@ impl Config {
                 ))),
             }
         };
+        let rating_addr = match (a.rating_addr, f.rating_addr) {
+            (Some(v), _) => Some(v),
+            (None, Some(s)) => Some(s.parse().map_err(|e| {
+                DaemonError::Config(format!(
+                    "rating_addr {s:?}: {e} (write an IP address and port, e.g. \"127.0.0.1:8765\")"
+                ))
+            })?),
+            (None, None) => None,
+        };
+        if let Some(addr) = rating_addr {
+            crate::rating::check_addr(addr)?;
+        }
         let c = Config {
+            reward: a.reward.or(f.reward),
+            max_score_body_bytes: a
+                .max_score_body_bytes
+                .or(f.max_score_body_bytes)
+                .unwrap_or(32 * 1024 * 1024),
+            rating_addr,
             socket,
             bundle,
             adapter_dir,
@@ -221,9 +258,14 @@ impl Config {
                 .or(f.shutdown_grace_secs)
                 .unwrap_or(30),
         };
-        if c.queue_len == 0 || c.max_batch == 0 || c.max_body_bytes == 0 {
+        if c.queue_len == 0
+            || c.max_batch == 0
+            || c.max_body_bytes == 0
+            || c.max_score_body_bytes == 0
+        {
             return Err(DaemonError::Config(
-                "queue_len, max_batch and max_body_bytes must be at least 1".into(),
+                "queue_len, max_batch, max_body_bytes and max_score_body_bytes must be at least 1"
+                    .into(),
             ));
         }
         Ok(c)

@@ -6,7 +6,9 @@
 //! into one UNet run), [`adapters`] (names confined to the adapter directory, hot swap),
 //! [`jobs`] (persisted fine-tune jobs that resume after a crash), [`server`] (routes, NDJSON
 //! streams, metrics, graceful shutdown), [`client`] (a small hyper
-//! client used by the tests and the benchmark). The protocol is documented in docs/daemon.md.
+//! client used by the tests and the benchmark), [`rating`] (the opt-in loopback blind rating
+//! page), [`reward`] (`POST /v1/score` with `--reward`). The protocol is documented in
+//! docs/daemon.md.
 
 pub mod adapters;
 pub mod client;
@@ -14,6 +16,8 @@ pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod rating;
+pub mod reward;
 pub mod scheduler;
 pub mod server;
 pub mod socket;

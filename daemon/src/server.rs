@@ -30,6 +30,10 @@ pub struct AppState {
     pub adapters: Arc<Registry>,
     pub jobs: Arc<crate::jobs::Jobs>,
     pub metrics: Arc<Metrics>,
+    /// The blind rating service, when `--rating-addr` is given.
+    pub rating: Option<Arc<crate::rating::Rating>>,
+    /// The reward model of `--reward`, for `POST /v1/score`.
+    pub reward: Option<Arc<crate::reward::Reward>>,
     next_id: AtomicU64,
     started: Instant,
 }
@@ -77,6 +81,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(DaemonError::Config(format!("engine loader panicked: {e}")));
         }
     };
+    let reward = match crate::reward::open(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(e);
+        }
+    };
     let metrics = Arc::new(Metrics::default());
     let scheduler = Arc::new(Scheduler::new(
         config.queue_len,
@@ -111,7 +122,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             .spawn(move || j.run_worker())
             .map_err(|e| DaemonError::Config(format!("starting the job thread: {e}")))?
     };
+    let rating = match config.rating_addr {
+        Some(addr) => Some(
+            crate::rating::Rating::open(
+                &config,
+                addr,
+                Arc::clone(&engine),
+                Arc::clone(&scheduler),
+                Arc::clone(&adapters),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let state = Arc::new(AppState {
+        reward,
+        rating: rating.as_ref().map(|(r, _)| Arc::clone(r)),
         adapters,
         jobs: Arc::clone(&jobs),
         config: config.clone(),
@@ -134,6 +160,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     });
     tracing::info!(socket = %config.socket.display(), "dpoimgd listening");
     eprintln!("dpoimgd: listening on {}", config.socket.display());
+    if let Some((r, tcp)) = rating {
+        tracing::info!(addr = %r.addr, "blind rating page listening");
+        eprintln!("dpoimgd: rating page on http://{}/", r.addr);
+        tokio::spawn(crate::rating::serve(tcp, r, stop_rx.clone()));
+    }
     let mut rx2 = stop_rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -191,6 +222,12 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/jobs", get(list_jobs).post(post_job))
         .route("/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/v1/jobs/{id}/events", get(job_events))
+        .route(
+            "/v1/score",
+            post(crate::reward::score)
+                .layer(DefaultBodyLimit::max(state.config.max_score_body_bytes)),
+        )
+        .merge(crate::rating::socket_routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), count))
@@ -239,6 +276,7 @@ async fn health(State(s): State<Shared>) -> Json<serde_json::Value> {
         "uptime_seconds": s.started.elapsed().as_secs_f64(),
         "queue_depth": s.metrics.queue_depth.load(Ordering::SeqCst),
         "queue_len": s.config.queue_len,
+        "rating_addr": s.rating.as_ref().map(|r| r.addr.to_string()),
     }))
 }
 
@@ -263,7 +301,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
 }
 
 /// Reads a JSON body with errors that say what is wrong (size, syntax, field).
-fn parse_json<T: serde::de::DeserializeOwned>(
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
     limit: usize,
 ) -> Result<T, ApiError> {
@@ -583,7 +621,14 @@ async fn cancel_job(
 async fn job_events(
     State(s): State<Shared>,
     axum::extract::Path(id): axum::extract::Path<String>,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
+    // `?follow=false`: only the events logged so far (`dpoimg job logs` without --follow).
+    let follow = !uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .any(|kv| kv == "follow=false" || kv == "follow=0");
     let path = s.jobs.events_path(&id)?;
     let jobs = Arc::clone(&s.jobs);
     let stream = futures_util::stream::unfold((0u64, false), move |(offset, finished)| {
@@ -614,7 +659,7 @@ async fn job_events(
                         (offset + end as u64, false),
                     ));
                 }
-                if terminal {
+                if terminal || !follow {
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;

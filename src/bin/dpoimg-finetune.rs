@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dpoimg::finetune::{
-    self, DpoConfig, Event, FinetuneError, LatentChoice, LoraInitChoice, Objective, ScheduleChoice,
+    self, BaselineChoice, DpoConfig, DpokConfig, Event, FinetuneError, LatentChoice,
+    LoraInitChoice, Objective, ScheduleChoice,
 };
 use dpoimg::CancelToken;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,6 +29,8 @@ enum Command {
     Dpo(Box<DpoArgs>),
     /// Held-out preference metrics of an adapter (or the base model) on fixed draws.
     Validate(ValidateArgs),
+    /// DPOK: online policy-gradient LoRA training against a reward bundle (Fan et al. 2023).
+    Dpok(Box<DpokArgs>),
 }
 
 #[derive(Args)]
@@ -403,6 +406,43 @@ impl Reporter {
                     m.loss, m.implicit_acc, m.reward_margin
                 ));
             }
+            Event::DpokStep(m) => {
+                if self.quiet {
+                    if m.policy_step == 1 || m.step == m.total_steps {
+                        eprintln!(
+                            "iteration {}/{} step {}/{} reward {:.4} ± {:.4} loss {:.5} kl {:.3e} clamped {:.2} grad {:.3e}",
+                            m.iteration,
+                            m.total_iterations,
+                            m.step,
+                            m.total_steps,
+                            m.reward_mean,
+                            m.reward_std,
+                            m.loss,
+                            m.kl,
+                            m.clamped,
+                            m.grad_norm
+                        );
+                    }
+                    return;
+                }
+                let bar = self.train.get_or_insert_with(|| {
+                    let b = ProgressBar::new(m.total_steps as u64);
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "dpok {bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+                        )
+                        .expect("template"),
+                    );
+                    b.set_position(m.step.saturating_sub(1) as u64);
+                    b.reset_eta();
+                    b
+                });
+                bar.set_position(m.step as u64);
+                bar.set_message(format!(
+                    "it {}/{} reward {:.3} kl {:.2e} loss {:.4}",
+                    m.iteration, m.total_iterations, m.reward_mean, m.kl, m.loss
+                ));
+            }
             Event::Checkpoint { step, path } => {
                 let line = format!("checkpoint at step {step}: {}", path.display());
                 match &self.train {
@@ -414,10 +454,21 @@ impl Reporter {
                 if let Some(b) = &self.train {
                     b.finish_and_clear();
                 }
-                eprintln!(
-                    "done: {} steps, final loss {:.5}, implicit accuracy {:.3}",
-                    o.steps, o.final_loss, o.final_implicit_acc
-                );
+                match o.final_reward {
+                    Some(r) => eprintln!(
+                        "done: {} steps, final loss {:.5}, rollout reward {r:.4} (last 10 iterations); \
+                         {} UNet forwards, {} backwards, {} samples",
+                        o.steps,
+                        o.final_loss,
+                        o.compute.unet_forward,
+                        o.compute.unet_backward,
+                        o.compute.samples_drawn
+                    ),
+                    None => eprintln!(
+                        "done: {} steps, final loss {:.5}, implicit accuracy {:.3}",
+                        o.steps, o.final_loss, o.final_implicit_acc
+                    ),
+                }
                 eprintln!(
                     "adapter: {} (sha256 {})",
                     o.adapter.display(),
@@ -444,6 +495,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::Dpo(a) => a,
         Command::Validate(v) => return validate(&v),
+        Command::Dpok(a) => return dpok_main(&a),
     };
     let cfg = match build_config(&args) {
         Ok(c) => c,
@@ -479,6 +531,252 @@ fn main() -> ExitCode {
         Err(FinetuneError::Cancelled) => {
             eprintln!(
                 "cancelled; the newest checkpoint is kept. Continue with: dpoimg-finetune dpo --resume --output {} (same settings)",
+                cfg.output.display()
+            );
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            if let Some(b) = &rep.train {
+                b.abandon();
+            }
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Baseline {
+    PromptMean,
+    None,
+}
+
+#[derive(Args)]
+struct DpokArgs {
+    /// Start from the settings in this JSON file (a `DpokConfig`, e.g. a run's run.json
+    /// `config`); flags given on the command line override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model bundle (default: $DPOIMG_BUNDLE or models/default).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Reward bundle directory (reward.json; `tools/export_imagereward.py` makes one).
+    #[arg(long)]
+    reward: Option<PathBuf>,
+    /// Training prompts: a text file, one prompt per line (`#` comments and blank lines skipped).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Run directory (checkpoints, metrics.jsonl, plots/, adapter.safetensors).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Outer iterations (one rollout batch + --policy-steps optimiser steps each).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Images sampled from the current policy per iteration.
+    #[arg(long)]
+    samples_per_iter: Option<usize>,
+    /// Images per ONNX rollout call (memory vs speed; the draws do not change).
+    #[arg(long)]
+    rollout_batch: Option<usize>,
+    /// DDIM steps per rollout.
+    #[arg(long)]
+    sampling_steps: Option<usize>,
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// DDIM eta of the rollouts, in (0, 1].
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Optimiser steps per iteration.
+    #[arg(long)]
+    policy_steps: Option<usize>,
+    /// Transitions per micro-batch.
+    #[arg(long)]
+    minibatch: Option<usize>,
+    /// Micro-batches per optimiser step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Clip the global gradient norm (0 = off).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// Clamp the importance ratio to [1 - c, 1 + c].
+    #[arg(long)]
+    ratio_clip: Option<f64>,
+    #[arg(long)]
+    reward_weight: Option<f64>,
+    #[arg(long)]
+    kl_weight: Option<f64>,
+    /// First iteration (0-based) whose loss has the KL term.
+    #[arg(long)]
+    kl_warmup: Option<usize>,
+    /// Advantage baseline.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    /// Rewards remembered per prompt by the prompt-mean baseline (0 = all).
+    #[arg(long)]
+    baseline_window: Option<usize>,
+    /// Transitions kept in the replay buffer.
+    #[arg(long)]
+    buffer_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    rank: Option<usize>,
+    /// LoRA alpha (default: rank).
+    #[arg(long)]
+    alpha: Option<f32>,
+    /// Comma-separated module suffixes to adapt.
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    #[arg(long, value_enum)]
+    lora_init: Option<Init>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Checkpoint every N iterations (0 = only at the end and on Ctrl-C).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    #[arg(long)]
+    keep_checkpoints: Option<usize>,
+    /// Trainer device: cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// CPU threads (0 = all cores; bit-exact resume needs the same count).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Continue the run in --output from its newest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many iterations of this invocation (checkpointed; --resume continues).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// No progress bars; one line per iteration on stderr.
+    #[arg(long)]
+    quiet: bool,
+    /// Events as JSON lines on stdout (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+fn build_dpok_config(a: &DpokArgs) -> Result<DpokConfig, String> {
+    // `--resume --output DIR` alone continues with the run's own settings.
+    let run_file = a
+        .output
+        .as_ref()
+        .map(|o| o.join(finetune::RUN_FILE))
+        .filter(|p| a.resume && a.config.is_none() && p.is_file());
+    let mut c = match a.config.as_ref().or(run_file.as_ref()) {
+        Some(p) => {
+            let text = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let v: serde_json::Value = serde_json::from_slice(&text)
+                .map_err(|e| format!("{}: not JSON: {e}", p.display()))?;
+            let v = v.get("config").cloned().unwrap_or(v);
+            serde_json::from_value(v).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => DpokConfig::default(),
+    };
+    if a.config.is_none() && run_file.is_none() {
+        if let Some(b) = std::env::var_os("DPOIMG_BUNDLE").filter(|v| !v.is_empty()) {
+            c.bundle = b.into();
+        }
+    }
+    macro_rules! set {
+        ($($field:ident),*) => {
+            $(if let Some(v) = a.$field.clone() {
+                c.$field = v;
+            })*
+        };
+    }
+    set!(
+        bundle,
+        reward,
+        prompts,
+        output,
+        steps,
+        samples_per_iter,
+        rollout_batch,
+        sampling_steps,
+        guidance,
+        eta,
+        policy_steps,
+        minibatch,
+        grad_accum,
+        ratio_clip,
+        reward_weight,
+        kl_weight,
+        kl_warmup,
+        baseline_window,
+        buffer_size,
+        lr,
+        weight_decay,
+        rank,
+        targets,
+        seed,
+        checkpoint_every,
+        keep_checkpoints,
+        device,
+        threads
+    );
+    if let Some(n) = a.max_grad_norm {
+        c.max_grad_norm = (n > 0.0).then_some(n);
+    }
+    if a.alpha.is_some() {
+        c.alpha = a.alpha;
+    }
+    if let Some(b) = a.baseline {
+        c.baseline = match b {
+            Baseline::PromptMean => BaselineChoice::PromptMean,
+            Baseline::None => BaselineChoice::None,
+        };
+    }
+    if let Some(i) = a.lora_init {
+        c.lora_init = match i {
+            Init::Gaussian => LoraInitChoice::Gaussian,
+            Init::Kaiming => LoraInitChoice::Kaiming,
+        };
+    }
+    c.resume |= a.resume;
+    if a.stop_after.is_some() {
+        c.stop_after = a.stop_after;
+    }
+    Ok(c)
+}
+
+fn dpok_main(args: &DpokArgs) -> ExitCode {
+    let cfg = match build_dpok_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: --config {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cancel = CancelToken::new();
+    {
+        let c = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            eprintln!("\ninterrupt: finishing the micro-batch and writing a checkpoint...");
+            c.cancel();
+        });
+    }
+    let mut rep = Reporter {
+        quiet: args.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        json: args.json,
+        encode: None,
+        train: None,
+    };
+    match finetune::run_dpok(&cfg, &mut |e| rep.event(e), &cancel) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(FinetuneError::Paused { step }) => {
+            eprintln!(
+                "paused after step {step} of {}; continue with: dpoimg-finetune dpok --resume --output {}",
+                cfg.steps * cfg.policy_steps,
+                cfg.output.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(FinetuneError::Cancelled) => {
+            eprintln!(
+                "cancelled; the newest checkpoint is kept. Continue with: dpoimg-finetune dpok --resume --output {} (same settings)",
                 cfg.output.display()
             );
             ExitCode::from(130)

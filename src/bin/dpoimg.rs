@@ -23,6 +23,10 @@ struct Cli {
     /// Log more (repeat for debug output); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Send generate/score/job/adapters commands to the dpoimgd daemon on this Unix socket
+    /// (else DPOIMG_SOCKET; neither: run locally).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -44,9 +48,18 @@ enum Command {
     /// Evaluate arms (base, adapters) on a prompt file: images, metrics, paired statistics,
     /// eval.json + report.html; blind A/B export and votes.
     Eval(dpoimg::eval::cli::EvalArgs),
+    /// Base vs DPO vs DPOK (vs SFT) from one config: train each arm (resumable), evaluate all,
+    /// compute accounting, reward-vs-compute curves, blinded A/B pack; experiment.json + report.html.
+    Experiment(dpoimg::experiment::cli::ExperimentArgs),
     /// The shapes world: prompts, renderer, attribute checker, simulated annotators.
     #[command(subcommand)]
     World(dpoimg::world::cli::WorldCommand),
+    /// Fine-tune jobs in the daemon (needs --socket or DPOIMG_SOCKET).
+    #[command(subcommand)]
+    Job(dpoimg::remote::cli::JobCommand),
+    /// Adapters the daemon serves, by name (needs --socket or DPOIMG_SOCKET).
+    #[command(subcommand)]
+    Adapters(dpoimg::remote::cli::AdaptersCommand),
 }
 
 #[derive(Subcommand)]
@@ -149,6 +162,16 @@ fn eval_cmd(args: &dpoimg::eval::cli::EvalArgs) -> Result<(), Failure> {
     }
 }
 
+fn experiment_cmd(args: &dpoimg::experiment::cli::ExperimentArgs) -> Result<(), Failure> {
+    let cancel = CancelToken::new();
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || c.cancel());
+    match dpoimg::experiment::cli::run(args, &cancel) {
+        Err(dpoimg::experiment::ExperimentError::Cancelled) => Err(Failure::Cancelled),
+        r => r.map_err(|e| Failure::Message(e.to_string())),
+    }
+}
+
 fn default_bundle() -> PathBuf {
     if let Some(p) = std::env::var_os("DPOIMG_BUNDLE").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
@@ -226,15 +249,22 @@ fn init_tracing(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    let result = match cli.command {
+    let result = match remote_dispatch(cli.command, cli.socket) {
+        Ok(r) => r,
+        Err(command) => match *command {
         Command::Generate(args) => generate(args),
         Command::Info { path, rt } => info(path, &rt),
         Command::Adapter(cmd) => adapter(cmd),
         Command::Score(args) => dpoimg::score::cli::run(&args, &mut std::io::stdout().lock())
             .map_err(|e| Failure::Message(e.to_string())),
         Command::Eval(args) => eval_cmd(&args),
+        Command::Experiment(args) => experiment_cmd(&args),
         Command::World(cmd) => dpoimg::world::cli::run(&cmd, &mut std::io::stdout().lock())
             .map_err(|e| Failure::Message(e.to_string())),
+        Command::Job(_) | Command::Adapters(_) => Err(Failure::Message(
+            "`job` and `adapters` talk to the dpoimgd daemon: pass --socket PATH or set DPOIMG_SOCKET (start one with `dpoimgd --bundle DIR`)".into(),
+        )),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -252,6 +282,132 @@ fn main() -> ExitCode {
 enum Failure {
     Cancelled,
     Message(String),
+}
+
+impl From<dpoimg::remote::RemoteError> for Failure {
+    fn from(e: dpoimg::remote::RemoteError) -> Self {
+        match e {
+            dpoimg::remote::RemoteError::Cancelled => Failure::Cancelled,
+            other => Failure::Message(other.to_string()),
+        }
+    }
+}
+
+/// With `--socket PATH` (or DPOIMG_SOCKET), runs generate/score/job/adapters through the daemon;
+/// hands every other command back to run locally (refused when --socket was given explicitly,
+/// since it cannot go to the daemon).
+fn remote_dispatch(
+    command: Command,
+    flag: Option<PathBuf>,
+) -> Result<Result<(), Failure>, Box<Command>> {
+    use dpoimg::remote::{cli as rc, Client};
+    let explicit = flag.is_some();
+    let Some(socket) = flag.or_else(|| {
+        std::env::var_os(dpoimg::remote::SOCKET_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }) else {
+        return Err(Box::new(command));
+    };
+    let name = match &command {
+        Command::Generate(_) | Command::Score(_) | Command::Job(_) | Command::Adapters(_) => None,
+        Command::Info { .. } => Some("info"),
+        Command::Adapter(_) => Some("adapter"),
+        Command::Eval(_) => Some("eval"),
+        Command::Experiment(_) => Some("experiment"),
+        Command::World(_) => Some("world"),
+    };
+    if let Some(name) = name {
+        if explicit {
+            return Ok(Err(Failure::Message(format!(
+                "`{name}` runs locally, not through dpoimgd: drop --socket"
+            ))));
+        }
+        return Err(Box::new(command));
+    }
+    let client = match Client::new(&socket) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let cancel = CancelToken::new();
+    {
+        let c = cancel.clone();
+        let _ = ctrlc::set_handler(move || c.cancel());
+    }
+    let mut out = std::io::stdout().lock();
+    Ok(match command {
+        Command::Generate(a) => {
+            let mut ignored = Vec::new();
+            if a.init_latents.is_some() {
+                return Ok(Err(Failure::Message(
+                    "--init-latents cannot go to dpoimgd (it takes no latents): drop --socket to run locally".into(),
+                )));
+            }
+            if a.save_latents {
+                return Ok(Err(Failure::Message(
+                    "--save-latents cannot go to dpoimgd (it returns images only): drop --socket to run locally".into(),
+                )));
+            }
+            for (flag, given) in [
+                ("--device", a.rt.device != Device::Auto),
+                ("--threads", a.rt.threads != 0),
+                ("--ort-opt", a.rt.ort_opt != GraphOptimization::All),
+                ("--ort-lib", a.rt.ort_lib.is_some()),
+                ("--no-verify", a.rt.no_verify),
+            ] {
+                if given {
+                    ignored.push(flag);
+                }
+            }
+            if !ignored.is_empty() {
+                eprintln!(
+                    "dpoimg: warning: {} ignored with --socket (the daemon's engine settings apply)",
+                    ignored.join(", ")
+                );
+            }
+            let o = rc::GenerateOptions {
+                prompt: a.prompt,
+                negative_prompt: a.negative_prompt,
+                seed: a.seed,
+                steps: a.steps,
+                guidance: a.guidance,
+                sampler: a.sampler,
+                eta: a.eta,
+                width: a.width,
+                height: a.height,
+                count: a.count,
+                adapters: a.adapters,
+                output: a.output,
+                bundle: a.bundle,
+                quiet: a.quiet,
+            };
+            rc::generate(&client, &o, &cancel, &mut out)
+                .map(|_| ())
+                .map_err(Failure::from)
+        }
+        Command::Score(a) => {
+            let ignored: Vec<&str> = [
+                ("--device", a.device != Device::Auto),
+                ("--threads", a.threads != 0),
+                ("--batch-size", a.batch_size != 8),
+                ("--ort-lib", a.ort_lib.is_some()),
+                ("--no-verify", a.no_verify),
+            ]
+            .into_iter()
+            .filter_map(|(f, given)| given.then_some(f))
+            .collect();
+            if !ignored.is_empty() {
+                eprintln!(
+                    "dpoimg: warning: {} ignored with --socket (the daemon's reward settings apply)",
+                    ignored.join(", ")
+                );
+            }
+            rc::score(&client, &a, &mut out).map_err(Failure::from)
+        }
+        Command::Job(c) => rc::job(&client, &c, &cancel, &mut out).map_err(Failure::from),
+        Command::Adapters(c) => rc::adapters(&client, &c, &mut out).map_err(Failure::from),
+        other => return Err(Box::new(other)),
+    })
 }
 
 impl From<String> for Failure {

@@ -329,6 +329,36 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Decodes final sampling latents `[B, C, h, w]` (as the denoising loop leaves them, before
+    /// division by the VAE scaling factor) into images exactly as [`Engine::generate`] does:
+    /// `[B, H, W, 3]` pixels in [0, 1] and 8-bit images. Used by DPOK, which samples through its
+    /// own loop (it records every transition) and then scores the images.
+    pub fn decode_latents(
+        &self,
+        latent_shape: [usize; 4],
+        latents: &[f32],
+    ) -> Result<(Vec<f32>, Vec<Image>), EngineError> {
+        if latent_shape.iter().product::<usize>() != latents.len() {
+            return Err(EngineError::invalid(
+                "latents",
+                format!(
+                    "has {} values; shape {latent_shape:?} needs {}",
+                    latents.len(),
+                    latent_shape.iter().product::<usize>()
+                ),
+            ));
+        }
+        let m = self.bundle.manifest();
+        let inv = 1.0 / m.vae.scaling_factor as f32;
+        let shift = m.vae.shift_factor.unwrap_or(0.0) as f32;
+        let scaled: Vec<f32> = latents.iter().map(|x| x * inv + shift).collect();
+        let mut t = Duration::ZERO;
+        let (ishape, img) = self.decode(&latent_shape, scaled, &CancelToken::new(), &mut t)?;
+        Ok(to_images(&img, latent_shape[0], ishape[2], ishape[3]))
+    }
+}
+
 /// `[B,3,H,W]` in [-1,1] → `[B,H,W,3]` in [0,1] and 8-bit images (`round(x·255)`, as diffusers'
 /// `numpy_to_pil`).
 fn to_images(img: &[f32], n: usize, h: usize, w: usize) -> (Vec<f32>, Vec<Image>) {

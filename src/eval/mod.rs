@@ -25,7 +25,7 @@ mod report;
 
 pub use blind::{apply_votes, blind_export, BlindKey, BlindPair, Vote};
 pub use input::{check_arms, parse_arm, read_prompts, ArmAdapter, ArmSpec, PromptEntry};
-pub use report::{EvalReport, HumanPair, ImageRecord, PairStats, PromptResult};
+pub use report::{EvalReport, HumanPair, ImageRecord, PairStats, PromptResult, SetValue};
 
 use crate::cancel::CancelToken;
 use crate::engine::{Engine, EngineError, GenerateRequest, Image};

@@ -154,6 +154,7 @@ fn status_of(e: &FinetuneError) -> dpoimg_status {
         FinetuneError::Train(_) | FinetuneError::Loss(_) | FinetuneError::Diverged { .. } => {
             DPOIMG_ERR_MODEL
         }
+        FinetuneError::Reward(_) | FinetuneError::Dpok(_) => DPOIMG_ERR_MODEL,
         FinetuneError::Cancelled => DPOIMG_ERR_CANCELLED,
         FinetuneError::Paused { .. } => DPOIMG_OK,
     }

@@ -77,6 +77,17 @@ fn name_of(step: usize) -> String {
 
 /// Writes `ckpt` atomically and points `latest` at it; then removes all but the newest `keep`.
 pub fn save(run: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf, FinetuneError> {
+    save_with_extras(run, ckpt, keep, &[])
+}
+
+/// [`save`] plus method-specific files `(name, bytes)` in the same directory, written and
+/// fsynced inside the same atomic rename (DPOK keeps its replay buffer and baseline there).
+pub fn save_with_extras(
+    run: &Path,
+    ckpt: &Checkpoint,
+    keep: usize,
+    extras: &[(&str, &[u8])],
+) -> Result<PathBuf, FinetuneError> {
     let root = dir_of(run);
     std::fs::create_dir_all(&root).map_err(|e| io(&root, e))?;
     let name = name_of(ckpt.state.step);
@@ -111,7 +122,11 @@ pub fn save(run: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf, Finet
     let blob = safetensors::serialize(views, None).map_err(|e| io(&tmp, e))?;
     let state = serde_json::to_vec_pretty(&ckpt.state).expect("state serialises");
     let result = (|| -> std::io::Result<()> {
-        for (file, bytes) in [("tensors.safetensors", &blob), ("state.json", &state)] {
+        let files = [
+            ("tensors.safetensors", blob.as_slice()),
+            ("state.json", state.as_slice()),
+        ];
+        for (file, bytes) in extras.iter().chain(&files) {
             let mut f = std::fs::File::create(tmp.join(file))?;
             f.write_all(bytes)?;
             f.sync_all()?;

@@ -67,6 +67,11 @@ impl MetricsLog {
     }
 
     pub fn append(&mut self, m: &StepMetrics) -> Result<(), FinetuneError> {
+        self.append_json(m)
+    }
+
+    /// Appends any serialisable record as one line (DPOK logs its own metrics type).
+    pub fn append_json<T: Serialize>(&mut self, m: &T) -> Result<(), FinetuneError> {
         let mut line = serde_json::to_vec(m).expect("metrics serialise");
         line.push(b'\n');
         self.file.write_all(&line).map_err(|e| io(&self.path, e))?;

@@ -13,6 +13,8 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod dpok;
+pub mod dpok_config;
+mod dpok_run;
 pub mod metrics;
 pub mod order;
 pub mod plots;
@@ -26,6 +28,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use config::{DpoConfig, LatentChoice, LoraInitChoice, Objective, ScheduleChoice};
+pub use dpok_config::{BaselineChoice, DpokConfig};
+pub use dpok_run::{read_metrics as read_dpok_metrics, run_dpok, DpokMetrics};
 pub use metrics::StepMetrics;
 
 use crate::CancelToken;
@@ -50,6 +54,10 @@ pub enum FinetuneError {
     Train(#[from] crate::train::TrainError),
     #[error("loss: {0}")]
     Loss(#[from] crate::loss::LossError),
+    #[error("reward model: {0}")]
+    Reward(#[from] crate::score::ScoreError),
+    #[error("DPOK: {0}")]
+    Dpok(#[from] dpok::DpokError),
     #[error("device `{device}`: {message}")]
     Device { device: String, message: String },
     #[error("training diverged at step {step}: {what} is not finite. Fix: lower --lr or --beta, or enable --max-grad-norm")]
@@ -86,6 +94,8 @@ pub enum Event {
         step: usize,
     },
     Step(StepMetrics),
+    /// One DPOK optimiser step (`dpoimg-finetune dpok`; DPO runs send `Step`).
+    DpokStep(DpokMetrics),
     Checkpoint {
         step: usize,
         path: PathBuf,
@@ -104,6 +114,28 @@ pub struct Outcome {
     /// Mean over the last min(10, steps) steps of the run.
     pub final_loss: f64,
     pub final_implicit_acc: f64,
+    /// DPOK: mean reward of the samples drawn in the last min(10, iterations) iterations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_reward: Option<f64>,
+    /// What the run computed (this invocation and any it resumed, summed from the metrics log).
+    #[serde(default)]
+    pub compute: Compute,
+}
+
+/// Compute used by a run, in UNet sample-evaluations (one latent through the UNet once; a CFG
+/// step counts two), so DPO and DPOK runs compare per unit of compute.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Compute {
+    /// UNet forward sample-evaluations (ONNX rollouts, trainer policy and reference forwards).
+    pub unet_forward: u64,
+    /// UNet backward sample-evaluations (trainer).
+    pub unet_backward: u64,
+    /// Images sampled from the policy (DPOK rollouts; 0 for DPO).
+    pub samples_drawn: u64,
+    /// Images scored by the reward model.
+    pub reward_evals: u64,
+    /// Sum of the steps' wall time in seconds.
+    pub wall_seconds: f64,
 }
 
 /// Name of the adapter a finished run writes into its run directory.
@@ -122,7 +154,16 @@ struct RunRecord {
 /// absent) one; a resumed run needs the same fingerprint. Returns whether it already holds this
 /// run (so a resume) and the checkpoint to resume from.
 fn check_run_dir(cfg: &DpoConfig) -> Result<(bool, Option<PathBuf>), FinetuneError> {
-    let run = &cfg.output;
+    check_run_dir_of(&cfg.output, cfg.resume, &cfg.fingerprint())
+}
+
+/// [`check_run_dir`] for any method: `run.json` is read only for its `fingerprint`.
+fn check_run_dir_of(
+    run: &Path,
+    resume: bool,
+    fingerprint: &str,
+) -> Result<(bool, Option<PathBuf>), FinetuneError> {
+    let run = &run.to_path_buf();
     let run_err = |message: String| FinetuneError::Run {
         path: run.clone(),
         message,
@@ -138,15 +179,18 @@ fn check_run_dir(cfg: &DpoConfig) -> Result<(bool, Option<PathBuf>), FinetuneErr
     let record_path = run.join(RUN_FILE);
     if record_path.is_file() {
         let text = std::fs::read(&record_path).map_err(|e| run_err(e.to_string()))?;
-        let rec: RunRecord = serde_json::from_slice(&text)
+        #[derive(Deserialize)]
+        struct Fingerprint {
+            fingerprint: String,
+        }
+        let rec: Fingerprint = serde_json::from_slice(&text)
             .map_err(|e| run_err(format!("{RUN_FILE} is unreadable ({e})")))?;
-        if !cfg.resume {
+        if !resume {
             return Err(run_err(
                 "already holds a run. Fix: pass --resume to continue it, or choose a new --output"
                     .into(),
             ));
         }
-        let fingerprint = cfg.fingerprint();
         if rec.fingerprint != fingerprint {
             return Err(run_err(format!(
                 "holds a run with other settings (fingerprint {} vs {}). Fix: resume with the \

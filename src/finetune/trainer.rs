@@ -22,16 +22,16 @@ use crate::CancelToken;
 
 /// The adapted modules in a fixed order, with host master copies of their parameters; the
 /// optimiser sees `[A₀, B₀, A₁, B₁, ...]`.
-struct Params {
-    ids: Vec<usize>,
-    names: Vec<String>,
-    ranks: Vec<usize>,
-    scales: Vec<f32>,
-    host: Vec<Vec<f32>>,
+pub(crate) struct Params {
+    pub(crate) ids: Vec<usize>,
+    pub(crate) names: Vec<String>,
+    pub(crate) ranks: Vec<usize>,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) host: Vec<Vec<f32>>,
 }
 
 impl Params {
-    fn of<B: Backend>(be: &B, lora: &LoraSet<B>) -> Self {
+    pub(crate) fn of<B: Backend>(be: &B, lora: &LoraSet<B>) -> Self {
         let mut p = Params {
             ids: vec![],
             names: vec![],
@@ -50,7 +50,7 @@ impl Params {
         p
     }
 
-    fn upload<B: Backend>(&self, be: &B, lora: &mut LoraSet<B>) {
+    pub(crate) fn upload<B: Backend>(&self, be: &B, lora: &mut LoraSet<B>) {
         for (i, (_, lp)) in lora.params_mut().enumerate() {
             lp.a = be.upload(&self.host[2 * i]);
             lp.b = be.upload(&self.host[2 * i + 1]);
@@ -350,9 +350,29 @@ pub(crate) fn train<B: Backend>(
         steps: end,
         final_loss: mean(|m| m.loss),
         final_implicit_acc: mean(|m| m.implicit_acc),
+        final_reward: None,
+        compute: dpo_compute(cfg, end, &history),
     };
     on_event(&Event::Finished(outcome.clone()));
     Ok(outcome)
+}
+
+/// UNet sample-evaluations of `steps` DPO/SFT steps: per pair, DPO runs the policy and the
+/// reference on the preferred and the rejected latent (4 forwards) and back-propagates the
+/// policy's 2; SFT runs and back-propagates the preferred one.
+fn dpo_compute(cfg: &DpoConfig, steps: usize, history: &[StepMetrics]) -> super::Compute {
+    let pairs = (steps * cfg.grad_accum * cfg.batch_pairs) as u64;
+    let (fwd, bwd) = match cfg.objective {
+        Objective::Dpo => (4, 2),
+        Objective::Sft => (1, 1),
+    };
+    super::Compute {
+        unet_forward: fwd * pairs,
+        unet_backward: bwd * pairs,
+        samples_drawn: 0,
+        reward_evals: 0,
+        wall_seconds: history.iter().map(|m| m.step_seconds).sum(),
+    }
 }
 
 /// One micro-batch: forward (policy with LoRA, reference without), loss, backward into `grads`

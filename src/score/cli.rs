@@ -14,6 +14,7 @@
 use super::{load_image, RewardModel, RgbRef, ScoreError, ScoreOptions};
 use crate::bundle::Verify;
 use crate::runtime::{Device, SessionOptions};
+use clap::builder::TypedValueParser as _;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,8 +22,15 @@ use std::path::{Path, PathBuf};
 /// Arguments of `dpoimg score`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScoreArgs {
-    /// Reward bundle directory (reward.json; tools/export_imagereward.py makes one).
-    #[arg(long)]
+    /// Reward bundle directory (reward.json; tools/export_imagereward.py makes one). Required
+    /// locally; with `dpoimg --socket` the daemon's `--reward` bundle scores, and this, if given,
+    /// must be that same bundle.
+    #[arg(
+        long,
+        value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from),
+        default_value = "",
+        hide_default_value = true
+    )]
     pub reward: PathBuf,
     /// `file<TAB>prompt` lines for the images of IMAGE_DIR.
     #[arg(long)]
@@ -216,17 +224,9 @@ pub fn score_files(
         .iter()
         .map(|(p, _)| load_image(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut by_prompt: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, (_, p)) in jobs.iter().enumerate() {
-        by_prompt.entry(p.as_str()).or_default().push(i);
-    }
-    let mut scores = vec![0f32; jobs.len()];
-    for (prompt, idx) in by_prompt {
-        let refs: Vec<RgbRef<'_>> = idx.iter().map(|&i| RgbRef::from(&images[i])).collect();
-        for (k, s) in idx.iter().zip(model.score(prompt, &refs)?) {
-            scores[*k] = s;
-        }
-    }
+    let prompts: Vec<&str> = jobs.iter().map(|(_, p)| p.as_str()).collect();
+    let refs: Vec<RgbRef<'_>> = images.iter().map(RgbRef::from).collect();
+    let scores = score_grouped(model, &prompts, &refs)?;
     Ok(jobs
         .iter()
         .zip(scores)
@@ -238,8 +238,77 @@ pub fn score_files(
         .collect())
 }
 
+/// Scores `images[i]` for `prompts[i]`, running the images of each prompt together (in
+/// `batch_size` chunks). `dpoimg score` and the daemon's `/v1/score` share this grouping, so both
+/// run the same batches and print the same numbers.
+pub fn score_grouped(
+    model: &RewardModel,
+    prompts: &[&str],
+    images: &[RgbRef<'_>],
+) -> Result<Vec<f32>, ScoreError> {
+    if prompts.len() != images.len() {
+        return Err(ScoreError::Input(format!(
+            "{} prompts for {} images",
+            prompts.len(),
+            images.len()
+        )));
+    }
+    let mut by_prompt: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        by_prompt.entry(p).or_default().push(i);
+    }
+    let mut scores = vec![0f32; prompts.len()];
+    for (prompt, idx) in by_prompt {
+        let refs: Vec<RgbRef<'_>> = idx.iter().map(|&i| images[i]).collect();
+        for (k, s) in idx.iter().zip(model.score(prompt, &refs)?) {
+            scores[*k] = s;
+        }
+    }
+    Ok(scores)
+}
+
+/// Prints results as `dpoimg score` does (a table, or `--json`); `dpoimg --socket` prints the
+/// daemon's scores through this too, so both outputs have one shape.
+pub fn write_results(
+    out: &mut dyn Write,
+    reward_name: &str,
+    reward_dir: &Path,
+    results: &[ScoredImage],
+    json: bool,
+) -> Result<(), ScoreError> {
+    let mean = results.iter().map(|r| r.score as f64).sum::<f64>() / results.len().max(1) as f64;
+    let io = |e: std::io::Error| ScoreError::Input(format!("writing the output: {e}"));
+    if json {
+        let v = serde_json::json!({
+            "reward": reward_name,
+            "reward_dir": reward_dir,
+            "count": results.len(),
+            "mean": mean,
+            "results": results,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("JSON")).map_err(io)?;
+    } else {
+        writeln!(out, "score\timage\tprompt").map_err(io)?;
+        for r in results {
+            writeln!(out, "{:.6}\t{}\t{}", r.score, r.image.display(), r.prompt).map_err(io)?;
+        }
+        writeln!(
+            out,
+            "# {} image(s), mean {mean:.6} ({reward_name})",
+            results.len(),
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Runs the command, printing to `out`.
 pub fn run(args: &ScoreArgs, out: &mut dyn Write) -> Result<(), ScoreError> {
+    if args.reward.as_os_str().is_empty() {
+        return Err(ScoreError::Input(
+            "no reward bundle: pass --reward DIR (a directory with reward.json; tools/export_imagereward.py makes one), or score through a daemon started with `dpoimgd --reward DIR` using --socket PATH".into(),
+        ));
+    }
     let jobs = collect_jobs(args)?;
     let options = ScoreOptions {
         session: SessionOptions {
@@ -258,29 +327,11 @@ pub fn run(args: &ScoreArgs, out: &mut dyn Write) -> Result<(), ScoreError> {
     options.check()?;
     let model = RewardModel::open(&args.reward, &options)?;
     let results = score_files(&model, &jobs)?;
-    let mean = results.iter().map(|r| r.score as f64).sum::<f64>() / results.len().max(1) as f64;
-    let io = |e: std::io::Error| ScoreError::Input(format!("writing the output: {e}"));
-    if args.json {
-        let v = serde_json::json!({
-            "reward": model.manifest().name,
-            "reward_dir": model.dir(),
-            "count": results.len(),
-            "mean": mean,
-            "results": results,
-        });
-        writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("JSON")).map_err(io)?;
-    } else {
-        writeln!(out, "score\timage\tprompt").map_err(io)?;
-        for r in &results {
-            writeln!(out, "{:.6}\t{}\t{}", r.score, r.image.display(), r.prompt).map_err(io)?;
-        }
-        writeln!(
-            out,
-            "# {} image(s), mean {mean:.6} ({})",
-            results.len(),
-            model.manifest().name
-        )
-        .map_err(io)?;
-    }
-    Ok(())
+    write_results(
+        out,
+        &model.manifest().name,
+        model.dir(),
+        &results,
+        args.json,
+    )
 }
