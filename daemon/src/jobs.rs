@@ -1,4 +1,5 @@
-//! Fine-tune jobs: `POST /v1/jobs` queues a Diffusion-DPO run (`dpoimg::finetune::run_dpo`), one
+//! Fine-tune jobs: `POST /v1/jobs` queues a Diffusion-DPO run (`kind: "dpo"`,
+//! `dpoimg::finetune::run_dpo`) or a DPOK run (`kind: "dpok"`, `dpoimg::finetune::run_dpok`), one
 //! at a time on its own thread while generation keeps being served. Each job lives in
 //! `STATE_DIR/jobs/ID/`: `job.json` (written atomically at every state change), `events.ndjson`
 //! (the trainer's events, appended) and `run/` (the trainer's run directory with checkpoints).
@@ -8,7 +9,7 @@
 use crate::adapters::{DefaultAdapter, Registry};
 use crate::error::ApiError;
 use axum::http::StatusCode;
-use dpoimg::finetune::{DpoConfig, Event, FinetuneError};
+use dpoimg::finetune::{DpoConfig, DpokConfig, Event, FinetuneError};
 use dpoimg::{CancelToken, Engine};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -56,10 +57,21 @@ fn one() -> f32 {
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     pub kind: String,
-    /// `dpoimg::finetune::DpoConfig` fields; `output` and `resume` are the daemon's.
+    /// `DpoConfig` (kind `dpo`) or `DpokConfig` (kind `dpok`) fields; `output` and `resume` are
+    /// the daemon's.
     #[serde(default)]
     pub config: serde_json::Value,
     pub activate_on_success: Option<Activate>,
+}
+
+/// A job's resolved trainer settings. Untagged in `job.json`: the two configs deny unknown
+/// fields and each has fields the other lacks (`data` / `reward`), so a stored config reads back
+/// as the kind it was written as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JobConfig {
+    Dpo(DpoConfig),
+    Dpok(DpokConfig),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,7 +79,7 @@ pub struct Job {
     pub id: String,
     pub kind: String,
     pub state: JobState,
-    pub config: DpoConfig,
+    pub config: JobConfig,
     pub activate_on_success: Option<Activate>,
     /// Runs of this job (1 + restarts that resumed it).
     pub attempts: u32,
@@ -189,10 +201,13 @@ impl Jobs {
 
     /// Validates and persists a new job, then queues it.
     pub fn submit(&self, req: JobRequest) -> Result<Job, ApiError> {
-        if req.kind != "dpo" {
+        if req.kind != "dpo" && req.kind != "dpok" {
             return Err(ApiError::bad_request(
                 "invalid_request",
-                format!("job kind {:?} is not supported; use \"dpo\"", req.kind),
+                format!(
+                    "job kind {:?} is not supported; use \"dpo\" or \"dpok\"",
+                    req.kind
+                ),
             ));
         }
         let mut cfg_value = if req.config.is_null() {
@@ -203,7 +218,7 @@ impl Jobs {
         let obj = cfg_value.as_object_mut().ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_json",
-                "`config` must be an object of DpoConfig fields",
+                "`config` must be an object of DpoConfig (dpo) or DpokConfig (dpok) fields",
             )
         })?;
         for k in ["output", "resume"] {
@@ -219,8 +234,13 @@ impl Jobs {
         let bundle = std::fs::canonicalize(&self.bundle).unwrap_or_else(|_| self.bundle.clone());
         obj.entry("bundle")
             .or_insert_with(|| serde_json::json!(bundle));
-        let mut config: DpoConfig = serde_json::from_value(cfg_value)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("`config`: {e}")))?;
+        let bad =
+            |e: serde_json::Error| ApiError::bad_request("invalid_json", format!("`config`: {e}"));
+        let mut config = if req.kind == "dpok" {
+            JobConfig::Dpok(serde_json::from_value(cfg_value).map_err(bad)?)
+        } else {
+            JobConfig::Dpo(serde_json::from_value(cfg_value).map_err(bad)?)
+        };
         if let Some(a) = &req.activate_on_success {
             // Same rules as every adapter name; the file need not exist yet.
             let probe = a
@@ -248,11 +268,22 @@ impl Jobs {
         };
         let dir = self.dir.join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-        config.output = dir.join("run");
-        config.resume = true;
-        config
-            .validate()
-            .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+        let checked = match &mut config {
+            JobConfig::Dpo(c) => {
+                c.output = dir.join("run");
+                c.resume = true;
+                c.validate()
+            }
+            JobConfig::Dpok(c) => {
+                c.output = dir.join("run");
+                c.resume = true;
+                c.validate()
+            }
+        };
+        if let Err(e) = checked {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ApiError::bad_request("invalid_request", e.to_string()));
+        }
         let job = Job {
             id: id.clone(),
             kind: req.kind,
@@ -350,17 +381,19 @@ impl Jobs {
             true,
         );
         let mut last_step = job.step;
-        let result = dpoimg::finetune::run_dpo(
-            &job.config,
-            &mut |e: &Event| {
-                let sync = matches!(e, Event::Checkpoint { .. } | Event::Finished(_));
-                if let Event::Step(m) = e {
-                    last_step = m.step;
-                }
-                append(&serde_json::to_value(e).expect("event serialises"), sync);
-            },
-            cancel,
-        );
+        let mut on_event = |e: &Event| {
+            let sync = matches!(e, Event::Checkpoint { .. } | Event::Finished(_));
+            match e {
+                Event::Step(m) => last_step = m.step,
+                Event::DpokStep(m) => last_step = m.step,
+                _ => {}
+            }
+            append(&serde_json::to_value(e).expect("event serialises"), sync);
+        };
+        let result = match &job.config {
+            JobConfig::Dpo(c) => dpoimg::finetune::run_dpo(c, &mut on_event, cancel),
+            JobConfig::Dpok(c) => dpoimg::finetune::run_dpok(c, &mut on_event, cancel),
+        };
         job.step = last_step;
         match result {
             Ok(outcome) => {

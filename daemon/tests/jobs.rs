@@ -335,3 +335,72 @@ fn delete_cancels_a_running_job() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A DPOK job (`kind: "dpok"`) ends with the adapter `dpoimg::finetune::run_dpok` produces in
+/// process with the same settings (tensor for tensor), its `job.json` reads back as DPOK after a
+/// restart, and `activate_on_success` serves it.
+#[test]
+fn dpok_job_equals_the_library_run_and_is_activated() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        "a red circle above a blue square\na green triangle left of a yellow circle\n",
+    )
+    .unwrap();
+    let settings = json!({
+        "reward": repo().join("tests/assets/reward-tiny"), "prompts": prompts,
+        "steps": 2, "samples_per_iter": 2, "rollout_batch": 2, "sampling_steps": 3,
+        "policy_steps": 2, "minibatch": 2, "grad_accum": 1, "buffer_size": 12,
+        "lr": 1e-3, "checkpoint_every": 1, "threads": 1, "seed": 5,
+    });
+    let (mut child, socket) = start(dir.path());
+    let body = json!({"kind": "dpok", "config": settings,
+                      "activate_on_success": {"name": "dpok-job"}});
+    let (st, job) = call(&socket, "POST", "/v1/jobs", Some(&body));
+    assert_eq!(st, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let j = wait_state(&socket, &id, Duration::from_secs(300));
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["kind"], "dpok");
+    assert_eq!(j["activated"], "dpok-job");
+    assert_eq!(j["step"], 4, "2 iterations x 2 policy steps: {j}");
+    let (_, list) = call(&socket, "GET", "/v1/adapters", None);
+    assert!(list.to_string().contains("dpok-job"), "{list}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // The stored job reads back as a DPOK job after a restart.
+    let (mut child, socket) = start(dir.path());
+    let (st, again) = call(&socket, "GET", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(st, 200);
+    assert_eq!(again["config"]["reward"], j["config"]["reward"], "{again}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let mut cfg: dpoimg::finetune::DpokConfig = serde_json::from_value(settings).unwrap();
+    cfg.bundle = repo().join("tests/assets/tiny-bundle");
+    cfg.output = dir.path().join("direct");
+    let out = dpoimg::finetune::run_dpok(&cfg, &mut |_| {}, &dpoimg::CancelToken::new()).unwrap();
+    let job_adapter = dir
+        .path()
+        .join(format!("state/jobs/{id}/run/adapter.safetensors"));
+    assert_eq!(tensors(&job_adapter), tensors(&out.adapter));
+}
+
+#[test]
+fn unknown_job_kind_is_refused_with_the_kinds_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, socket) = start(dir.path());
+    let (st, v) = call(
+        &socket,
+        "POST",
+        "/v1/jobs",
+        Some(&json!({"kind": "ppo", "config": {}})),
+    );
+    assert_eq!(st, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("\"dpo\"") && msg.contains("\"dpok\""), "{msg}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
