@@ -1,6 +1,6 @@
 //! Fine-tune jobs: `POST /v1/jobs` queues a Diffusion-DPO run (`kind: "dpo"`,
 //! `dpoimg::finetune::run_dpo`) or a DPOK run (`kind: "dpok"`, `dpoimg::finetune::run_dpok`), one
-//! at a time on its own thread while generation keeps being served. Each job lives in
+//! at a time (an evaluation, `kind: "eval"`, runs `dpoimg eval` the same way) on its own thread while generation keeps being served. Each job lives in
 //! `STATE_DIR/jobs/ID/`: `job.json` (written atomically at every state change), `events.ndjson`
 //! (the trainer's events, appended) and `run/` (the trainer's run directory with checkpoints).
 //! A job found `queued` or `running` at start-up is run again; the trainer resumes from the run
@@ -72,6 +72,46 @@ pub struct JobRequest {
 pub enum JobConfig {
     Dpo(DpoConfig),
     Dpok(DpokConfig),
+    Eval(EvalJob),
+}
+
+/// An evaluation job: the arguments of `dpoimg eval` (its flags, same names and meaning), except
+/// `--output`, which the daemon sets to the job's `eval/` directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalJob {
+    pub args: Vec<String>,
+}
+
+#[derive(clap::Parser)]
+#[command(name = "eval", no_binary_name = true)]
+struct EvalJobArgs {
+    #[command(flatten)]
+    args: dpoimg::eval::cli::EvalArgs,
+}
+
+impl EvalJob {
+    /// Parses the arguments as `dpoimg eval` does, with the daemon's bundle as the default.
+    fn parse(&self, bundle: &Path, out: &Path) -> Result<dpoimg::eval::cli::EvalArgs, String> {
+        use clap::Parser;
+        if let Some(a) = self
+            .args
+            .iter()
+            .find(|a| *a == "-o" || a.starts_with("--output"))
+        {
+            return Err(format!(
+                "`{a}` is set by the daemon (the job's eval/ directory); leave it out"
+            ));
+        }
+        let mut parsed = EvalJobArgs::try_parse_from(&self.args)
+            .map_err(|e| format!("`config.args` (dpoimg eval flags): {}", e.render()))?
+            .args;
+        parsed.output = out.to_path_buf();
+        if parsed.bundle.is_none() {
+            parsed.bundle = Some(bundle.to_path_buf());
+        }
+        Ok(parsed)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +127,9 @@ pub struct Job {
     pub error: Option<String>,
     pub outcome: Option<dpoimg::finetune::Outcome>,
     pub activated: Option<String>,
+    /// An eval job's `eval.json` once it succeeded.
+    #[serde(default)]
+    pub result: Option<PathBuf>,
 }
 
 pub struct Jobs {
@@ -201,11 +244,11 @@ impl Jobs {
 
     /// Validates and persists a new job, then queues it.
     pub fn submit(&self, req: JobRequest) -> Result<Job, ApiError> {
-        if req.kind != "dpo" && req.kind != "dpok" {
+        if !["dpo", "dpok", "eval"].contains(&req.kind.as_str()) {
             return Err(ApiError::bad_request(
                 "invalid_request",
                 format!(
-                    "job kind {:?} is not supported; use \"dpo\" or \"dpok\"",
+                    "job kind {:?} is not supported; use \"dpo\", \"dpok\" or \"eval\"",
                     req.kind
                 ),
             ));
@@ -236,10 +279,14 @@ impl Jobs {
             .or_insert_with(|| serde_json::json!(bundle));
         let bad =
             |e: serde_json::Error| ApiError::bad_request("invalid_json", format!("`config`: {e}"));
-        let mut config = if req.kind == "dpok" {
-            JobConfig::Dpok(serde_json::from_value(cfg_value).map_err(bad)?)
-        } else {
-            JobConfig::Dpo(serde_json::from_value(cfg_value).map_err(bad)?)
+        if req.kind == "eval" {
+            // `bundle` was defaulted above for the trainers; eval takes it as a flag.
+            obj.remove("bundle");
+        }
+        let mut config = match req.kind.as_str() {
+            "dpok" => JobConfig::Dpok(serde_json::from_value(cfg_value).map_err(bad)?),
+            "eval" => JobConfig::Eval(serde_json::from_value(cfg_value).map_err(bad)?),
+            _ => JobConfig::Dpo(serde_json::from_value(cfg_value).map_err(bad)?),
         };
         if let Some(a) = &req.activate_on_success {
             // Same rules as every adapter name; the file need not exist yet.
@@ -279,6 +326,13 @@ impl Jobs {
                 c.resume = true;
                 c.validate()
             }
+            JobConfig::Eval(e) => match e.parse(&bundle, &dir.join("eval")) {
+                Ok(_) => Ok(()),
+                Err(msg) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(ApiError::bad_request("invalid_request", msg));
+                }
+            },
         };
         if let Err(e) = checked {
             let _ = std::fs::remove_dir_all(&dir);
@@ -295,6 +349,7 @@ impl Jobs {
             error: None,
             outcome: None,
             activated: None,
+            result: None,
         };
         self.write(&job)?;
         self.lock().queue.push_back(id);
@@ -393,6 +448,41 @@ impl Jobs {
         let result = match &job.config {
             JobConfig::Dpo(c) => dpoimg::finetune::run_dpo(c, &mut on_event, cancel),
             JobConfig::Dpok(c) => dpoimg::finetune::run_dpok(c, &mut on_event, cancel),
+            JobConfig::Eval(e) => {
+                // Eval resumes by reusing the images already in its output directory.
+                let out = self.job_dir(id)?.join("eval");
+                // Err(None): cancelled; Err(Some(message)): failed.
+                let outcome: Result<(), Option<String>> =
+                    e.parse(&self.bundle, &out).map_err(Some).and_then(|args| {
+                        dpoimg::eval::cli::run(&args, self.bundle.clone(), cancel).map_err(|e| {
+                            match e {
+                                dpoimg::eval::EvalError::Cancelled => None,
+                                e => Some(e.to_string()),
+                            }
+                        })
+                    });
+                match outcome {
+                    Ok(()) => {
+                        job.state = JobState::Succeeded;
+                        job.result = Some(out.join("eval.json"));
+                    }
+                    Err(None) if self.lock().closed => {
+                        append(&serde_json::json!({"event": "job_interrupted"}), true);
+                        return Ok(());
+                    }
+                    Err(None) => job.state = JobState::Cancelled,
+                    Err(Some(m)) => {
+                        job.state = JobState::Failed;
+                        job.error = Some(m);
+                    }
+                }
+                append(
+                    &serde_json::json!({"event": "job_state", "done": true, "state": job.state,
+                                        "error": job.error, "result": job.result}),
+                    true,
+                );
+                return self.write(&job);
+            }
         };
         job.step = last_step;
         match result {

@@ -404,3 +404,97 @@ fn unknown_job_kind_is_refused_with_the_kinds_named() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// An eval job (`kind: "eval"`, `dpoimg eval`'s flags) writes the same `eval.json` statistics as
+/// the library run with the same arguments, into the job's directory; `--output` is refused.
+#[test]
+fn eval_job_writes_the_report_the_library_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "a red circle\na blue square\n").unwrap();
+    let a = repo().join("tests/assets");
+    let args: Vec<String> = [
+        "--prompts".to_string(),
+        prompts.display().to_string(),
+        "--arm".into(),
+        "base".into(),
+        "--arm".into(),
+        format!("lora={}:0.8", a.join("adapters/r4.safetensors").display()),
+        "-n".into(),
+        "2".into(),
+        "--steps".into(),
+        "2".into(),
+        "--reward".into(),
+        a.join("reward-tiny").display().to_string(),
+        "--bootstrap-resamples".into(),
+        "99".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--threads".into(),
+        "1".into(),
+    ]
+    .into();
+    let (mut child, socket) = start(dir.path());
+    let (st, v) = call(
+        &socket,
+        "POST",
+        "/v1/jobs",
+        Some(&json!({"kind": "eval", "config": {"args": ["--output", "/tmp/x"]}})),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("--output"), "{v}");
+    let (st, v) = call(
+        &socket,
+        "POST",
+        "/v1/jobs",
+        Some(&json!({"kind": "eval", "config": {"args": ["--no-such-flag"]}})),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("no-such-flag"), "{v}");
+
+    let (st, job) = call(
+        &socket,
+        "POST",
+        "/v1/jobs",
+        Some(&json!({"kind": "eval", "config": {"args": args}})),
+    );
+    assert_eq!(st, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let j = wait_state(&socket, &id, Duration::from_secs(300));
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let result = PathBuf::from(j["result"].as_str().unwrap());
+    assert_eq!(
+        result,
+        dir.path().join(format!("state/jobs/{id}/eval/eval.json"))
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // The same evaluation through the library.
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    #[command(no_binary_name = true)]
+    struct Cli {
+        #[command(flatten)]
+        args: dpoimg::eval::cli::EvalArgs,
+    }
+    let mut lib = Cli::try_parse_from(&args).unwrap().args;
+    lib.output = dir.path().join("direct");
+    lib.bundle = Some(repo().join("tests/assets/tiny-bundle"));
+    dpoimg::eval::cli::run(
+        &lib,
+        lib.bundle.clone().unwrap(),
+        &dpoimg::CancelToken::new(),
+    )
+    .unwrap();
+    let read =
+        |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let (job_report, lib_report) = (read(&result), read(&lib.output.join("eval.json")));
+    assert_eq!(job_report["pairs"], lib_report["pairs"]);
+    assert!(
+        job_report["pairs"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{job_report}"
+    );
+}
