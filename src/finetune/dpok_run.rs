@@ -39,7 +39,7 @@ use super::dpok::{
 };
 use super::metrics::MetricsLog;
 use super::order::{below, rng_for};
-use super::trainer::Params;
+use super::trainer::{restore_params, Params};
 use super::{BaselineChoice, Compute, DpokConfig, Event, FinetuneError, LoraInitChoice, Outcome};
 use crate::engine::{Engine, EngineOptions};
 use crate::optim::{clip_grad_norm, AdamW};
@@ -787,40 +787,6 @@ fn absorb(cfg: &DpokConfig, st: &mut State, rolled: Rolled, n: usize) -> Result<
     }
     while st.buffer.len() > cfg.buffer_size {
         st.buffer.pop_front();
-    }
-    Ok(())
-}
-
-fn restore_params(
-    dir: &Path,
-    ck: &Checkpoint,
-    params: &mut Params,
-    adam: &mut AdamW,
-    sizes: &[usize],
-) -> Result<(), FinetuneError> {
-    for (i, name) in params.names.iter().enumerate() {
-        let m = ck.modules.get(name).ok_or_else(|| FinetuneError::Run {
-            path: dir.to_path_buf(),
-            message: format!("checkpoint lacks module `{name}`"),
-        })?;
-        let shapes_ok = m.a.len() == sizes[2 * i]
-            && m.b.len() == sizes[2 * i + 1]
-            && m.exp_avg_a.len() == m.a.len()
-            && m.exp_avg_sq_a.len() == m.a.len()
-            && m.exp_avg_b.len() == m.b.len()
-            && m.exp_avg_sq_b.len() == m.b.len();
-        if !shapes_ok {
-            return Err(FinetuneError::Run {
-                path: dir.to_path_buf(),
-                message: format!("checkpoint module `{name}` has other shapes than the run"),
-            });
-        }
-        params.host[2 * i] = m.a.clone();
-        params.host[2 * i + 1] = m.b.clone();
-        adam.exp_avg[2 * i] = m.exp_avg_a.clone();
-        adam.exp_avg[2 * i + 1] = m.exp_avg_b.clone();
-        adam.exp_avg_sq[2 * i] = m.exp_avg_sq_a.clone();
-        adam.exp_avg_sq[2 * i + 1] = m.exp_avg_sq_b.clone();
     }
     Ok(())
 }

@@ -151,30 +151,7 @@ pub(crate) fn train<B: Backend>(
                     .into(),
             });
         }
-        for (i, name) in params.names.iter().enumerate() {
-            let m = ck.modules.get(name).ok_or_else(|| FinetuneError::Run {
-                path: dir.to_path_buf(),
-                message: format!("checkpoint lacks module `{name}`"),
-            })?;
-            let shapes_ok = m.a.len() == sizes[2 * i]
-                && m.b.len() == sizes[2 * i + 1]
-                && m.exp_avg_a.len() == m.a.len()
-                && m.exp_avg_sq_a.len() == m.a.len()
-                && m.exp_avg_b.len() == m.b.len()
-                && m.exp_avg_sq_b.len() == m.b.len();
-            if !shapes_ok {
-                return Err(FinetuneError::Run {
-                    path: dir.to_path_buf(),
-                    message: format!("checkpoint module `{name}` has other shapes than the run"),
-                });
-            }
-            params.host[2 * i] = m.a.clone();
-            params.host[2 * i + 1] = m.b.clone();
-            adam.exp_avg[2 * i] = m.exp_avg_a.clone();
-            adam.exp_avg[2 * i + 1] = m.exp_avg_b.clone();
-            adam.exp_avg_sq[2 * i] = m.exp_avg_sq_a.clone();
-            adam.exp_avg_sq[2 * i + 1] = m.exp_avg_sq_b.clone();
-        }
+        restore_params(dir, &ck, &mut params, &mut adam, &sizes)?;
         adam.step = ck.state.step as u64;
         start = ck.state.step;
         metrics_keep = ck.state.metrics_lines;
@@ -530,4 +507,40 @@ fn write_adapter(
     );
     meta.insert("provenance".to_string(), provenance.to_string());
     adapter_file::write(path, &modules, &cfg.targets, meta)
+}
+
+/// Copies a checkpoint's LoRA weights and AdamW moments into the host master copies, after
+/// checking that every module of the run is there with the run's shapes (DPO and DPOK resume).
+pub(crate) fn restore_params(
+    dir: &Path,
+    ck: &Checkpoint,
+    params: &mut Params,
+    adam: &mut AdamW,
+    sizes: &[usize],
+) -> Result<(), FinetuneError> {
+    for (i, name) in params.names.iter().enumerate() {
+        let m = ck.modules.get(name).ok_or_else(|| FinetuneError::Run {
+            path: dir.to_path_buf(),
+            message: format!("checkpoint lacks module `{name}`"),
+        })?;
+        let shapes_ok = m.a.len() == sizes[2 * i]
+            && m.b.len() == sizes[2 * i + 1]
+            && m.exp_avg_a.len() == m.a.len()
+            && m.exp_avg_sq_a.len() == m.a.len()
+            && m.exp_avg_b.len() == m.b.len()
+            && m.exp_avg_sq_b.len() == m.b.len();
+        if !shapes_ok {
+            return Err(FinetuneError::Run {
+                path: dir.to_path_buf(),
+                message: format!("checkpoint module `{name}` has other shapes than the run"),
+            });
+        }
+        params.host[2 * i] = m.a.clone();
+        params.host[2 * i + 1] = m.b.clone();
+        adam.exp_avg[2 * i] = m.exp_avg_a.clone();
+        adam.exp_avg[2 * i + 1] = m.exp_avg_b.clone();
+        adam.exp_avg_sq[2 * i] = m.exp_avg_sq_a.clone();
+        adam.exp_avg_sq[2 * i + 1] = m.exp_avg_sq_b.clone();
+    }
+    Ok(())
 }
