@@ -216,14 +216,19 @@ struct DpoArgs {
     json: bool,
 }
 
-fn build_config(a: &DpoArgs) -> Result<DpoConfig, String> {
-    // `--resume --output DIR` alone continues with the run's own settings.
-    let run_file = a
-        .output
-        .as_ref()
+/// The settings a run starts from: `--config FILE`, else (for `--resume --output DIR` alone) the
+/// run's own run.json, else the defaults with `$DPOIMG_BUNDLE` as the bundle. Shared by `dpo` and
+/// `dpok`, whose configs both keep the run's settings under "config" in run.json.
+fn base_config<T: serde::de::DeserializeOwned + Default>(
+    config: Option<&PathBuf>,
+    output: Option<&PathBuf>,
+    resume: bool,
+    set_bundle: impl FnOnce(&mut T, PathBuf),
+) -> Result<T, String> {
+    let run_file = output
         .map(|o| o.join(finetune::RUN_FILE))
-        .filter(|p| a.resume && a.config.is_none() && p.is_file());
-    let mut c = match a.config.as_ref().or(run_file.as_ref()) {
+        .filter(|p| resume && config.is_none() && p.is_file());
+    let mut c = match config.or(run_file.as_ref()) {
         Some(p) => {
             let text = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
             let v: serde_json::Value = serde_json::from_slice(&text)
@@ -232,13 +237,23 @@ fn build_config(a: &DpoArgs) -> Result<DpoConfig, String> {
             let v = v.get("config").cloned().unwrap_or(v);
             serde_json::from_value(v).map_err(|e| format!("{}: {e}", p.display()))?
         }
-        None => DpoConfig::default(),
+        None => T::default(),
     };
-    if a.config.is_none() && run_file.is_none() {
+    if config.is_none() && run_file.is_none() {
         if let Some(b) = std::env::var_os("DPOIMG_BUNDLE").filter(|v| !v.is_empty()) {
-            c.bundle = b.into();
+            set_bundle(&mut c, b.into());
         }
     }
+    Ok(c)
+}
+
+fn build_config(a: &DpoArgs) -> Result<DpoConfig, String> {
+    let mut c: DpoConfig = base_config(
+        a.config.as_ref(),
+        a.output.as_ref(),
+        a.resume,
+        |c: &mut DpoConfig, b| c.bundle = b,
+    )?;
     macro_rules! set {
         ($field:ident, $v:expr) => {
             if let Some(v) = $v {
@@ -659,27 +674,12 @@ struct DpokArgs {
 }
 
 fn build_dpok_config(a: &DpokArgs) -> Result<DpokConfig, String> {
-    // `--resume --output DIR` alone continues with the run's own settings.
-    let run_file = a
-        .output
-        .as_ref()
-        .map(|o| o.join(finetune::RUN_FILE))
-        .filter(|p| a.resume && a.config.is_none() && p.is_file());
-    let mut c = match a.config.as_ref().or(run_file.as_ref()) {
-        Some(p) => {
-            let text = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let v: serde_json::Value = serde_json::from_slice(&text)
-                .map_err(|e| format!("{}: not JSON: {e}", p.display()))?;
-            let v = v.get("config").cloned().unwrap_or(v);
-            serde_json::from_value(v).map_err(|e| format!("{}: {e}", p.display()))?
-        }
-        None => DpokConfig::default(),
-    };
-    if a.config.is_none() && run_file.is_none() {
-        if let Some(b) = std::env::var_os("DPOIMG_BUNDLE").filter(|v| !v.is_empty()) {
-            c.bundle = b.into();
-        }
-    }
+    let mut c: DpokConfig = base_config(
+        a.config.as_ref(),
+        a.output.as_ref(),
+        a.resume,
+        |c: &mut DpokConfig, b| c.bundle = b,
+    )?;
     macro_rules! set {
         ($($field:ident),*) => {
             $(if let Some(v) = a.$field.clone() {

@@ -162,6 +162,20 @@ fn eval_cmd(args: &dpoimg::eval::cli::EvalArgs) -> Result<(), Failure> {
     }
 }
 
+/// `dpoimg world`; Ctrl-C cancels `world sample` cleanly (the other subcommands keep the
+/// default handler: they are quick and write atomically).
+fn world_cmd(cmd: &dpoimg::world::cli::WorldCommand) -> Result<(), Failure> {
+    let cancel = CancelToken::new();
+    if matches!(cmd, dpoimg::world::cli::WorldCommand::Sample(_)) {
+        let c = cancel.clone();
+        let _ = ctrlc::set_handler(move || c.cancel());
+    }
+    match dpoimg::world::cli::run_cancellable(cmd, &mut std::io::stdout().lock(), &cancel) {
+        Err(dpoimg::world::WorldError::Cancelled) => Err(Failure::Cancelled),
+        r => r.map_err(|e| Failure::Message(e.to_string())),
+    }
+}
+
 fn experiment_cmd(args: &dpoimg::experiment::cli::ExperimentArgs) -> Result<(), Failure> {
     let cancel = CancelToken::new();
     let c = cancel.clone();
@@ -259,8 +273,7 @@ fn main() -> ExitCode {
             .map_err(|e| Failure::Message(e.to_string())),
         Command::Eval(args) => eval_cmd(&args),
         Command::Experiment(args) => experiment_cmd(&args),
-        Command::World(cmd) => dpoimg::world::cli::run(&cmd, &mut std::io::stdout().lock())
-            .map_err(|e| Failure::Message(e.to_string())),
+        Command::World(cmd) => world_cmd(&cmd),
         Command::Job(_) | Command::Adapters(_) => Err(Failure::Message(
             "`job` and `adapters` talk to the dpoimgd daemon: pass --socket PATH or set DPOIMG_SOCKET (start one with `dpoimgd --bundle DIR`)".into(),
         )),

@@ -2,12 +2,12 @@
 //!
 //! ```text
 //! dpoimg eval --prompts FILE --arm base --arm dpo=dpo.safetensors:1.0 [-n 4] [--seed 0]
-//!     [--reward DIR] [--clip DIR] [--inception DIR [--fid-reference IMAGE_DIR]]
+//!     [--reward DIR] [--clip DIR] [--inception DIR [--fid-reference IMAGE_DIR]] [--world-check]
 //!     [--blind-export DIR [--blind-key FILE] [--blind-seed N]] [--votes FILE --key FILE] -o OUT
 //! dpoimg eval -o OUT --votes FILE --key FILE      # add human votes to an existing OUT/eval.json
 //! ```
 
-use super::metrics::{Clip, Fid, InceptionScore, Reward};
+use super::metrics::{check_world_prompts, Clip, Fid, InceptionScore, Reward, WorldCheck};
 use super::{
     apply_votes, blind_export, parse_arm, read_prompts, read_report, write_outputs, EvalConfig,
     EvalError, ImageScorer, SetMetric,
@@ -62,6 +62,10 @@ pub struct EvalArgs {
     /// Folder of reference images for FID (png/jpg/webp); without it FID is between arms only.
     #[arg(long)]
     pub fid_reference: Option<PathBuf>,
+    /// Shapes-world attribute checker per image: `world_check` (fraction of the prompt's
+    /// attributes right) and `world_all_correct` (1/0). Every prompt must be a world prompt.
+    #[arg(long)]
+    pub world_check: bool,
     #[arg(long, default_value_t = 9999)]
     pub bootstrap_resamples: usize,
     #[arg(long, default_value_t = 0)]
@@ -168,6 +172,12 @@ pub fn run(
                 .map_err(|e| metric_err("fid", e.to_string()))
         })
         .transpose()?;
+    let world = if args.world_check {
+        check_world_prompts(&prompts).map_err(|e| metric_err("world_check", e))?;
+        Some(WorldCheck::both())
+    } else {
+        None
+    };
     if args.fid_reference.is_some() && inception.is_none() {
         return Err(EvalError::Setting {
             field: "fid-reference",
@@ -205,6 +215,9 @@ pub fn run(
     }
     if let Some(c) = &clip {
         scorers.push(c);
+    }
+    for w in world.iter().flatten() {
+        scorers.push(w);
     }
     let mut fid_metric = None;
     let mut is_metric = None;

@@ -1,6 +1,7 @@
 //! The concrete metrics behind [`super::ImageScorer`] / [`super::SetMetric`]: ImageReward
 //! ([`crate::score::RewardModel`]), CLIP score ([`crate::metrics::ClipScorer`]), FID and
-//! Inception Score ([`crate::metrics::InceptionExtractor`]).
+//! Inception Score ([`crate::metrics::InceptionExtractor`]), and the shapes world's attribute
+//! checker ([`crate::world::check()`]) for world-grammar prompts.
 
 use super::{ImageScorer, SetMetric};
 use crate::engine::Image;
@@ -104,4 +105,79 @@ impl SetMetric for InceptionScore {
     fn pair_value(&self, _: &[f32], _: &[f32]) -> Result<Option<f64>, String> {
         Ok(None)
     }
+}
+
+/// Which number of the world checker's verdict a [`WorldCheck`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorldCheckValue {
+    /// `world_check`: the fraction of the prompt's judged attributes the image shows (what
+    /// `dpoimg world check` counts per attribute), in [0, 1].
+    Fraction,
+    /// `world_all_correct`: 1 when every judged attribute is right, else 0.
+    AllCorrect,
+}
+
+/// The shapes world's attribute checker as a per-image metric. Needs world-grammar prompts:
+/// [`check_world_prompts`] refuses others before any image is made. The checker reads the 8-bit
+/// image as the PNG stores it, so a value equals `dpoimg world check` on the saved file.
+pub struct WorldCheck(pub WorldCheckValue);
+
+impl WorldCheck {
+    /// The two world metrics, in report order.
+    pub fn both() -> [WorldCheck; 2] {
+        [
+            WorldCheck(WorldCheckValue::Fraction),
+            WorldCheck(WorldCheckValue::AllCorrect),
+        ]
+    }
+}
+
+/// The value of one checker verdict: fraction of judged attributes correct, or all-correct 1/0.
+pub fn world_value(r: &crate::world::CheckResult, which: WorldCheckValue) -> f64 {
+    match which {
+        WorldCheckValue::Fraction => {
+            let right = r.attributes.iter().filter(|a| a.1).count();
+            right as f64 / r.attributes.len().max(1) as f64
+        }
+        WorldCheckValue::AllCorrect => f64::from(u8::from(r.all_correct)),
+    }
+}
+
+impl ImageScorer for WorldCheck {
+    fn name(&self) -> &str {
+        match self.0 {
+            WorldCheckValue::Fraction => "world_check",
+            WorldCheckValue::AllCorrect => "world_all_correct",
+        }
+    }
+    fn score(&self, prompt: &str, images: &[&Image]) -> Result<Vec<f64>, String> {
+        let scene = crate::world::Scene::parse(prompt).map_err(|e| e.to_string())?;
+        images
+            .iter()
+            .map(|img| {
+                let rgb = crate::data::RgbImage {
+                    width: img.width,
+                    height: img.height,
+                    data: img.rgb.clone(),
+                };
+                crate::world::check(&scene, &rgb)
+                    .map(|r| world_value(&r, self.0))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+}
+
+/// Every prompt parses with the world grammar; else the first that does not, with its number
+/// (1-based, in the prompt file's order of prompts) and the parser's explanation.
+pub fn check_world_prompts(prompts: &[super::PromptEntry]) -> Result<(), String> {
+    for (i, p) in prompts.iter().enumerate() {
+        crate::world::Scene::parse(&p.prompt).map_err(|e| {
+            format!(
+                "prompt {} is not a shapes-world prompt: {e} (--world-check judges world-grammar prompts only; see `dpoimg world prompts`)",
+                i + 1
+            )
+        })?;
+    }
+    Ok(())
 }

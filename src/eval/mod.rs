@@ -8,7 +8,8 @@
 //! - **Resume.** Images live at `images/<arm>/p<PPPP>-i<II>.png`; an existing file is reused when
 //!   its provenance record equals the one this run would write (prompt, seed, adapters with their
 //!   sha256 and strength, bundle sha256, sampler, steps, guidance, size), else regenerated.
-//! - **Metrics.** Per-image metrics come through [`ImageScorer`] (ImageReward, CLIP score);
+//! - **Metrics.** Per-image metrics come through [`ImageScorer`] (ImageReward, CLIP score, the
+//!   shapes world's checker: [`WorldCheck`]);
 //!   set-level metrics (FID, IS) through [`SetMetric`]: FID of each arm against a reference
 //!   image folder when one is given, and between every pair of arms otherwise (both when both).
 //! - **Statistics** ([`crate::stats`]) per metric and pair of arms over the paired units:
@@ -25,6 +26,7 @@ mod report;
 
 pub use blind::{apply_votes, blind_export, BlindKey, BlindPair, Vote};
 pub use input::{check_arms, parse_arm, read_prompts, ArmAdapter, ArmSpec, PromptEntry};
+pub use metrics::{check_world_prompts, world_value, WorldCheck, WorldCheckValue};
 pub use report::{EvalReport, HumanPair, ImageRecord, PairStats, PromptResult, SetValue};
 
 use crate::cancel::CancelToken;

@@ -249,6 +249,7 @@ pub fn run(
         clip: cfg.clip.clone(),
         inception: cfg.inception.clone(),
         fid_reference: cfg.fid_reference.clone(),
+        world_check: false,
         bootstrap_resamples: cfg.eval.bootstrap_resamples,
         bootstrap_seed: cfg.eval.bootstrap_seed,
         blind_export: None,

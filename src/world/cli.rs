@@ -6,7 +6,11 @@
 //! dpoimg world render (--prompt TEXT... | --prompts FILE) [--per-prompt K] [--seed S] [--size 32] [--supersample 4] -o DIR
 //! dpoimg world check (--prompt TEXT IMAGE... | --index DIR/index.json)
 //! dpoimg world annotate --index DIR/index.json -o DATASET [--temperature 0.1] [--raters 8] [--rater-spread 0.5] [--seed 0]
+//! dpoimg world sample --bundle DIR (--prompts FILE | --split S --count N [--prompt-seed S]) --per-prompt K [--seed S] -o DIR
 //! ```
+//!
+//! `sample` ([`super::sample`]) writes a model's images in `render`'s layout (index entries
+//! without `layout`).
 //!
 //! `render` writes `DIR/{prompt:05}-{k}.png` and `DIR/index.json`
 //! (`{"version": 1, "images": [{"file", "prompt", "split", "seed", "layout": {...}}]}`, files
@@ -99,6 +103,9 @@ pub enum WorldCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Generate K images per world prompt with a bundle into PNG files plus index.json (as
+    /// `render` writes), for `check --index` and `annotate --index`.
+    Sample(super::sample::SampleArgs),
 }
 
 fn out_err(e: std::io::Error) -> WorldError {
@@ -107,7 +114,18 @@ fn out_err(e: std::io::Error) -> WorldError {
 
 /// Runs a `dpoimg world` subcommand, writing its report to `out`.
 pub fn run(cmd: &WorldCommand, out: &mut dyn Write) -> Result<(), WorldError> {
+    run_cancellable(cmd, out, &crate::cancel::CancelToken::new())
+}
+
+/// [`run`], with a token that stops `sample` between denoising steps (the other subcommands
+/// are quick and ignore it).
+pub fn run_cancellable(
+    cmd: &WorldCommand,
+    out: &mut dyn Write,
+    cancel: &crate::cancel::CancelToken,
+) -> Result<(), WorldError> {
     match cmd {
+        WorldCommand::Sample(args) => super::sample::run(args, out, cancel),
         WorldCommand::Prompts {
             count,
             seed,
@@ -315,7 +333,7 @@ pub fn run(cmd: &WorldCommand, out: &mut dyn Write) -> Result<(), WorldError> {
     }
 }
 
-fn parse_split(s: &str) -> Result<Option<Split>, WorldError> {
+pub(super) fn parse_split(s: &str) -> Result<Option<Split>, WorldError> {
     if s == "all" {
         return Ok(None);
     }

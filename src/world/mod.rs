@@ -15,8 +15,9 @@
 //! - [`annotate`]: simulated annotators (a Plackett–Luce / Bradley–Terry model on the checker's
 //!   score with per-rater temperatures) and a writer of the real ImageRewardDB layout
 //!   (`metadata-{split}.parquet` + image files) that [`crate::data::load_pairs`] reads.
-//! - [`cli`]: `dpoimg world prompts|render|check|annotate`, so `tools/` scripts use this renderer
-//!   and checker instead of re-implementing them.
+//! - [`cli`]: `dpoimg world prompts|render|check|annotate|sample`, so `tools/` scripts use this
+//!   renderer and checker instead of re-implementing them; [`sample`] draws a model's images of
+//!   world prompts in `render`'s index layout, so `check` and `annotate` read them too.
 //!
 //! Facts carried over from the Python study in `shared/reference/world` (colours, sizes, the
 //! mixture of prompts); the code and the shape measures are new. Measured by tests/world.rs on
@@ -33,6 +34,7 @@ pub mod check;
 pub mod cli;
 pub mod render;
 pub mod rng;
+pub mod sample;
 pub mod scene;
 
 pub use annotate::{
@@ -85,6 +87,22 @@ pub enum WorldError {
         path: PathBuf,
         message: String,
     },
+    /// A bad line of a prompt file (the line number is 1-based).
+    #[error("prompt file {path} line {line}: {source}")]
+    PromptLine {
+        path: PathBuf,
+        line: usize,
+        source: Box<WorldError>,
+    },
+    /// The engine failed while sampling (`world sample`).
+    #[error("{what}: {source}")]
+    Engine {
+        what: String,
+        source: Box<crate::engine::EngineError>,
+    },
+    /// Ctrl-C (or another cancel) stopped `world sample`.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl WorldError {
