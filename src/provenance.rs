@@ -13,6 +13,17 @@ pub struct AdapterRecord {
     pub sha256: String,
 }
 
+impl From<&crate::lora::AdapterRef> for AdapterRecord {
+    /// The record of an adapter as a request applies it (its file name, strength and sha256).
+    fn from(a: &crate::lora::AdapterRef) -> Self {
+        AdapterRecord {
+            name: a.adapter.name.clone(),
+            strength: a.strength,
+            sha256: a.adapter.hash.clone(),
+        }
+    }
+}
+
 /// What the caller asked for, shared by every image of a request.
 #[derive(Debug, Clone, Serialize)]
 pub struct Origin {

@@ -519,14 +519,7 @@ fn generate(args: GenerateArgs) -> Result<(), Failure> {
     bar.finish_and_clear();
     let g = g?;
 
-    let records: Vec<AdapterRecord> = adapters
-        .iter()
-        .map(|a| AdapterRecord {
-            name: a.adapter.name.clone(),
-            strength: a.strength,
-            sha256: a.adapter.hash.clone(),
-        })
-        .collect();
+    let records: Vec<AdapterRecord> = adapters.iter().map(AdapterRecord::from).collect();
     let origin = Origin {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),

@@ -248,14 +248,7 @@ pub fn run(args: &SampleArgs, out: &mut dyn Write, cancel: &CancelToken) -> Resu
             Ok(AdapterRef { adapter, strength })
         })
         .collect::<Result<Vec<_>, WorldError>>()?;
-    let records: Vec<AdapterRecord> = adapters
-        .iter()
-        .map(|a| AdapterRecord {
-            name: a.adapter.name.clone(),
-            strength: a.strength,
-            sha256: a.adapter.hash.clone(),
-        })
-        .collect();
+    let records: Vec<AdapterRecord> = adapters.iter().map(AdapterRecord::from).collect();
     let manifest = engine.bundle().manifest();
     let steps = args.steps.unwrap_or(manifest.defaults.steps);
     let chunk = crate::limits::MAX_COUNT;
