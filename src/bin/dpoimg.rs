@@ -223,17 +223,13 @@ fn engine_options(rt: &RuntimeArgs) -> EngineOptions {
     }
 }
 
-/// `PATH[:STRENGTH]`; a colon followed by something that is not a number stays in the path.
+/// `PATH[:STRENGTH]` ([`dpoimg::lora::split_adapter_arg`]) with a finite strength.
 fn parse_adapter_arg(s: &str) -> Result<(PathBuf, f32), String> {
-    if let Some((p, st)) = s.rsplit_once(':') {
-        if let Ok(v) = st.parse::<f32>() {
-            if !v.is_finite() {
-                return Err(format!("adapter strength in {s:?} is not finite"));
-            }
-            return Ok((PathBuf::from(p), v));
-        }
+    let (path, strength) = dpoimg::lora::split_adapter_arg(s);
+    if !strength.is_finite() {
+        return Err(format!("adapter strength in {s:?} is not finite"));
     }
-    Ok((PathBuf::from(s), 1.0))
+    Ok((PathBuf::from(path), strength))
 }
 
 fn load_adapters(engine: &Engine, args: &[String]) -> Result<Vec<AdapterRef>, String> {

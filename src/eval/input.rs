@@ -89,10 +89,7 @@ pub fn parse_arm(spec: &str) -> Result<ArmSpec, EvalError> {
     }
     let mut adapters = Vec::new();
     for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (path, strength) = match part.rsplit_once(':') {
-            Some((p, s)) if s.parse::<f32>().is_ok() => (p, s.parse::<f32>().unwrap()),
-            _ => (part, 1.0),
-        };
+        let (path, strength) = crate::lora::split_adapter_arg(part);
         if !strength.is_finite() {
             return Err(bad(format!("strength of {path} is not finite")));
         }

@@ -47,3 +47,16 @@ pub enum LoraError {
     #[error("{path}: {message}")]
     Merge { path: PathBuf, message: String },
 }
+
+/// Splits a command-line adapter argument `PATH[:STRENGTH]` (strength 1 when absent). A colon
+/// followed by something that is not a number stays in the path, so `a:b` is a path.
+/// The strength may be non-finite (`NaN`, `inf`); callers reject that with their own message.
+pub fn split_adapter_arg(s: &str) -> (&str, f32) {
+    match s.rsplit_once(':') {
+        Some((p, st)) => match st.parse::<f32>() {
+            Ok(v) => (p, v),
+            Err(_) => (s, 1.0),
+        },
+        None => (s, 1.0),
+    }
+}

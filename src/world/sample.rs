@@ -190,17 +190,13 @@ pub fn prompts(args: &SampleArgs) -> Result<Vec<String>, WorldError> {
     }
 }
 
-/// `PATH[:STRENGTH]`; a colon followed by something that is not a number stays in the path.
+/// `PATH[:STRENGTH]` ([`crate::lora::split_adapter_arg`]) with a finite strength.
 fn parse_adapter(s: &str) -> Result<(PathBuf, f32), WorldError> {
-    if let Some((p, st)) = s.rsplit_once(':') {
-        if let Ok(v) = st.parse::<f32>() {
-            if !v.is_finite() {
-                return Err(option("adapter", s, "the strength is not finite"));
-            }
-            return Ok((PathBuf::from(p), v));
-        }
+    let (path, strength) = crate::lora::split_adapter_arg(s);
+    if !strength.is_finite() {
+        return Err(option("adapter", s, "the strength is not finite"));
     }
-    Ok((PathBuf::from(s), 1.0))
+    Ok((PathBuf::from(path), strength))
 }
 
 /// Runs `dpoimg world sample`; the summary line goes to `out`, the progress bar to stderr.
