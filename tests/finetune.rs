@@ -464,6 +464,25 @@ fn bad_settings_are_clear_errors() {
             "`caption_dropout`",
         ),
         (
+            "empty timestep range",
+            DpoConfig {
+                timestep_min: 500,
+                timestep_max: Some(500),
+                ..base.clone()
+            },
+            "`timestep_max`",
+        ),
+        (
+            "timesteps beyond the scheduler",
+            DpoConfig {
+                timestep_min: 900,
+                timestep_max: Some(1001),
+                output: tmp.path().join("d7"),
+                ..base.clone()
+            },
+            "[0, 1000)",
+        ),
+        (
             "warmup > steps",
             DpoConfig {
                 warmup_steps: 99,

@@ -182,6 +182,12 @@ struct DpoArgs {
     /// Probability of training a pair on the empty prompt.
     #[arg(long)]
     caption_dropout: Option<f64>,
+    /// Train on timesteps >= this only (layout is decided at high noise; default 0).
+    #[arg(long)]
+    timestep_min: Option<usize>,
+    /// Train on timesteps < this only (default: the scheduler's num_train_timesteps).
+    #[arg(long)]
+    timestep_max: Option<usize>,
     /// VAE latent per image: posterior mean or one seeded sample.
     #[arg(long, value_enum)]
     latents: Option<Latents>,
@@ -302,6 +308,10 @@ fn build_config(a: &DpoArgs) -> Result<DpoConfig, String> {
     }
     set!(seed, a.seed);
     set!(caption_dropout, a.caption_dropout);
+    set!(timestep_min, a.timestep_min);
+    if a.timestep_max.is_some() {
+        c.timestep_max = a.timestep_max;
+    }
     set!(checkpoint_every, a.checkpoint_every);
     set!(keep_checkpoints, a.keep_checkpoints);
     if a.cache_dir.is_some() {
@@ -590,6 +600,10 @@ struct DpokArgs {
     /// Images sampled from the current policy per iteration.
     #[arg(long)]
     samples_per_iter: Option<usize>,
+    /// Images per drawn prompt per iteration (divides --samples-per-iter; >1 gives the
+    /// prompt-mean baseline a group to compare against).
+    #[arg(long)]
+    samples_per_prompt: Option<usize>,
     /// Images per ONNX rollout call (memory vs speed; the draws do not change).
     #[arg(long)]
     rollout_batch: Option<usize>,
@@ -694,6 +708,7 @@ fn build_dpok_config(a: &DpokArgs) -> Result<DpokConfig, String> {
         output,
         steps,
         samples_per_iter,
+        samples_per_prompt,
         rollout_batch,
         sampling_steps,
         guidance,

@@ -26,6 +26,12 @@ pub enum BaselineChoice {
     None,
 }
 
+/// serde: omit the default `samples_per_prompt`, so configs (and fingerprints) that never set it
+/// are as before.
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
 /// Largest accepted values: a typo is an error, not a week of CPU time or an exhausted disk.
 pub mod limits {
     pub const MAX_STEPS: usize = 10_000_000;
@@ -58,6 +64,13 @@ pub struct DpokConfig {
     pub steps: usize,
     /// Images sampled from the current policy per iteration (the reference's `g_batch_size`).
     pub samples_per_iter: usize,
+    /// Images per drawn prompt in one iteration (must divide `samples_per_iter`). The reference
+    /// draws every sample's prompt independently (1); with many prompts that leaves the
+    /// per-prompt baseline a single reward to compare against, so the advantage is 0. Drawing
+    /// each prompt k > 1 times makes the baseline the group's mean reward (as in DDPO's
+    /// per-prompt stat tracking), which is what gives a multi-prompt run a usable signal.
+    #[serde(skip_serializing_if = "is_one")]
+    pub samples_per_prompt: usize,
     /// Images per ONNX rollout call (memory vs. speed; does not change the result's draws).
     pub rollout_batch: usize,
     /// DDIM steps of each rollout.
@@ -121,6 +134,7 @@ impl Default for DpokConfig {
             output: PathBuf::new(),
             steps: 100,
             samples_per_iter: 6,
+            samples_per_prompt: 1,
             rollout_batch: 8,
             sampling_steps: 50,
             guidance: 7.5,
@@ -197,6 +211,24 @@ impl DpokConfig {
             1,
             limits::MAX_SAMPLES_PER_ITER,
         )?;
+        range(
+            "samples_per_prompt",
+            self.samples_per_prompt,
+            1,
+            self.samples_per_iter,
+        )?;
+        if !self
+            .samples_per_iter
+            .is_multiple_of(self.samples_per_prompt)
+        {
+            return Err(bad(
+                "samples_per_prompt",
+                format!(
+                    "{} does not divide samples_per_iter ({}). Fix: pick a divisor",
+                    self.samples_per_prompt, self.samples_per_iter
+                ),
+            ));
+        }
         range(
             "rollout_batch",
             self.rollout_batch,
@@ -382,11 +414,40 @@ mod tests {
                     ..ok()
                 },
             ),
+            (
+                "does not divide samples_per_iter",
+                DpokConfig {
+                    samples_per_iter: 6,
+                    samples_per_prompt: 4,
+                    ..ok()
+                },
+            ),
+            (
+                "samples_per_prompt",
+                DpokConfig {
+                    samples_per_prompt: 0,
+                    ..ok()
+                },
+            ),
         ];
         for (field, c) in cases {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(field), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn default_samples_per_prompt_keeps_old_configs_and_fingerprints() {
+        let json = serde_json::to_string(&ok()).unwrap();
+        assert!(!json.contains("samples_per_prompt"), "{json}");
+        let grouped = DpokConfig {
+            samples_per_prompt: 2,
+            ..ok()
+        };
+        assert_ne!(grouped.fingerprint(), ok().fingerprint());
+        let back: DpokConfig =
+            serde_json::from_str(&serde_json::to_string(&grouped).unwrap()).unwrap();
+        assert_eq!(back, grouped);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! metrics log, plots, adapter file, AdamW on host master copies).
 //!
 //! Each iteration:
-//! 1. **Rollout.** `samples_per_iter` prompts drawn uniformly (with replacement) from the prompt
-//!    file; each sample's initial latents and per-step variance noise come from its own
+//! 1. **Rollout.** `samples_per_iter / samples_per_prompt` prompts drawn uniformly (with
+//!    replacement) from the prompt file, each sampled `samples_per_prompt` times; each sample's initial latents and per-step variance noise come from its own
 //!    counter-based generator `(seed, sample index)`, so the draws do not depend on how samples are
 //!    batched. Stochastic DDIM with CFG through the ONNX UNet with the current LoRA
 //!    ([`super::dpok::rollout`]), every transition and its log-probability recorded.
@@ -670,8 +670,12 @@ fn rollout_iteration<B: Backend>(
     let cfg = ctx.cfg;
     let composed = compose_current(ctx.engine, adapter_from_lora(be, lora, "dpok-current"))?;
     let mut prng = rng_for(cfg.seed, STREAM_PROMPTS, it as u64);
-    let chosen: Vec<usize> = (0..cfg.samples_per_iter)
-        .map(|_| below(&mut prng, ctx.prompts.len() as u64) as usize)
+    let k = cfg.samples_per_prompt.max(1);
+    let chosen: Vec<usize> = (0..cfg.samples_per_iter / k)
+        .flat_map(|_| {
+            let p = below(&mut prng, ctx.prompts.len() as u64) as usize;
+            std::iter::repeat_n(p, k)
+        })
         .collect();
     let n: usize = su.chw.iter().product();
     let per_emb = su.ld[0] * su.ld[1];

@@ -96,12 +96,14 @@ pub fn micro_draws(
     micro: u64,
     pairs: usize,
     per: usize,
-    num_train_timesteps: usize,
+    timesteps: std::ops::Range<usize>,
     caption_dropout: f64,
 ) -> MicroDraws {
     let mut rng = rng_for(seed, STREAM_BATCH, micro);
+    // `start + below(len)`: the full range [0, T) draws exactly what it always drew
+    let span = timesteps.len().max(1) as u64;
     let timesteps = (0..pairs)
-        .map(|_| below(&mut rng, num_train_timesteps as u64) as usize)
+        .map(|_| timesteps.start + below(&mut rng, span) as usize)
         .collect();
     let drop_caption = (0..pairs)
         .map(|_| caption_dropout > 0.0 && rng.uniform_f64() < caption_dropout)
@@ -153,5 +155,21 @@ mod tests {
         // random access agrees with sequential access
         let mut fresh = PairOrder::new(3, 5);
         assert_eq!(fresh.batch(7, 1), vec![second[2]]);
+    }
+
+    #[test]
+    fn timestep_ranges_bound_the_draws_and_keep_the_noise() {
+        let full = micro_draws(5, 3, 400, 4, 0..1000, 0.0);
+        let high = micro_draws(5, 3, 400, 4, 400..1000, 0.0);
+        assert!(high.timesteps.iter().all(|t| (400..1000).contains(t)));
+        // both ends of the range are reached: the draw is not squeezed into a sub-range
+        assert!(high.timesteps.iter().any(|&t| t < 430));
+        assert!(high.timesteps.iter().any(|&t| t >= 970));
+        assert!(full.timesteps.iter().any(|&t| t < 400));
+        // the noise stream does not depend on the range (pairs see the same noise either way)
+        assert_eq!(full.noise, high.noise);
+        // a one-wide range pins the timestep
+        let one = micro_draws(5, 3, 10, 4, 999..1000, 0.0);
+        assert!(one.timesteps.iter().all(|&t| t == 999));
     }
 }

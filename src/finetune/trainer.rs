@@ -166,7 +166,7 @@ pub(crate) fn train<B: Backend>(
             .map_err(crate::engine::EngineError::from)?,
     )?;
     let alphas = prep.scheduler.alphas_cumprod();
-    let t_max = prep.scheduler.num_train_timesteps;
+    let t_range = timestep_range(cfg, prep.scheduler.num_train_timesteps)?;
 
     let save = |step: usize, params: &Params, adam: &AdamW, log: &MetricsLog| {
         log.sync()?;
@@ -236,7 +236,7 @@ pub(crate) fn train<B: Backend>(
                 micro,
                 target_kind,
                 &alphas,
-                t_max,
+                t_range.clone(),
             )?;
             sums.add(&stats);
         }
@@ -365,7 +365,7 @@ fn micro_step<B: Backend>(
     micro: u64,
     target_kind: Target,
     alphas: &[f64],
-    t_max: usize,
+    t_range: std::ops::Range<usize>,
 ) -> Result<LossStats, FinetuneError> {
     let be = unet.backend();
     let n = batch.len();
@@ -392,7 +392,7 @@ fn micro_step<B: Backend>(
         xl.extend(l);
         texts.push(pk.text.clone());
     }
-    let draws = micro_draws(cfg.seed, micro, n, per, t_max, cfg.caption_dropout);
+    let draws = micro_draws(cfg.seed, micro, n, per, t_range, cfg.caption_dropout);
     let mut ehs = Vec::new();
     let mut ehs_shape = Vec::new();
     for (key, drop) in texts.iter().zip(&draws.drop_caption) {
@@ -496,6 +496,7 @@ fn write_adapter(
             "max_grad_norm": cfg.max_grad_norm, "rank": cfg.rank,
             "alpha": cfg.alpha.unwrap_or(cfg.rank as f32), "lora_init": cfg.lora_init,
             "seed": cfg.seed, "caption_dropout": cfg.caption_dropout, "latents": cfg.latents,
+            "timesteps": [cfg.timestep_min, cfg.timestep_max],
         },
         "final_metrics": last,
         "config_fingerprint": cfg.fingerprint(),
@@ -507,6 +508,25 @@ fn write_adapter(
     );
     meta.insert("provenance".to_string(), provenance.to_string());
     adapter_file::write(path, &modules, &cfg.targets, meta)
+}
+
+/// The training timesteps `[timestep_min, timestep_max)`, checked against the bundle's scheduler.
+fn timestep_range(
+    cfg: &DpoConfig,
+    num_train_timesteps: usize,
+) -> Result<std::ops::Range<usize>, FinetuneError> {
+    let hi = cfg.timestep_max.unwrap_or(num_train_timesteps);
+    if hi > num_train_timesteps || cfg.timestep_min >= hi {
+        return Err(FinetuneError::Config {
+            field: "timestep_max",
+            message: format!(
+                "timesteps [{}, {hi}) do not fit this bundle's scheduler, whose timesteps are \
+                 [0, {num_train_timesteps}). Fix: pick 0 <= min < max <= {num_train_timesteps}",
+                cfg.timestep_min
+            ),
+        });
+    }
+    Ok(cfg.timestep_min..hi)
 }
 
 /// Copies a checkpoint's LoRA weights and AdamW moments into the host master copies, after

@@ -69,7 +69,7 @@ pub fn evaluate(
         let (eshape, e) = prep.cache.text(&pk.text)?;
         let per = w.len();
         for r in 0..repeats {
-            let d = micro_draws(seed, (i * repeats + r) as u64, 1, per, t_max, 0.0);
+            let d = micro_draws(seed, (i * repeats + r) as u64, 1, per, 0..t_max, 0.0);
             let t = d.timesteps[0];
             let x0 = [w.clone(), l.clone()].concat();
             let noise = [d.noise.clone(), d.noise.clone()].concat();
