@@ -467,3 +467,90 @@ fn dpok_raises_the_reward() {
         "DPOK lowered the held-out reward significantly"
     );
 }
+
+/// `samples_per_prompt = k` samples each drawn prompt k times in a row, and the prompt-mean
+/// baseline then compares each sample with its own group: after the first iteration the replay
+/// buffer holds runs of k equal prompt indices whose advantages are not all zero and sum to zero
+/// per group (a lone first visit, k = 1, has advantage exactly 0).
+#[test]
+fn grouped_rollouts_give_the_baseline_a_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let read_buffer = |cfg: &DpokConfig| -> (Vec<i64>, Vec<f64>) {
+        run(cfg).unwrap();
+        let latest = finetune::checkpoint::latest(&cfg.output).unwrap().unwrap();
+        let bytes = std::fs::read(latest.join("buffer.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let prompt: Vec<i64> = st
+            .tensor("prompt")
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let adv_view = st.tensor("advantage").unwrap();
+        let adv: Vec<f64> = match adv_view.dtype() {
+            safetensors::Dtype::F64 => adv_view
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            _ => adv_view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f64::from(f32::from_le_bytes(b.try_into().unwrap())))
+                .collect(),
+        };
+        (prompt, adv)
+    };
+    let steps = 4; // sampling steps = transitions per sample
+    let base = DpokConfig {
+        steps: 1,
+        samples_per_iter: 4,
+        sampling_steps: steps,
+        policy_steps: 1,
+        grad_accum: 1,
+        ..small_config(tmp.path())
+    };
+    let grouped = DpokConfig {
+        samples_per_prompt: 2,
+        output: tmp.path().join("grouped"),
+        ..base.clone()
+    };
+    let (prompt, adv) = read_buffer(&grouped);
+    assert_eq!(prompt.len(), 4 * steps);
+    // per sample (every transition of a sample carries its prompt and advantage)
+    let per_sample: Vec<(i64, f64)> = (0..4)
+        .map(|s| (prompt[s * steps], adv[s * steps]))
+        .collect();
+    for s in 0..4 {
+        for k in 0..steps {
+            assert_eq!(prompt[s * steps + k], per_sample[s].0);
+            assert_eq!(adv[s * steps + k], per_sample[s].1);
+        }
+    }
+    assert_eq!(per_sample[0].0, per_sample[1].0, "{per_sample:?}");
+    assert_eq!(per_sample[2].0, per_sample[3].0, "{per_sample:?}");
+    assert!(
+        per_sample.iter().any(|&(_, a)| a.abs() > 1e-6),
+        "{per_sample:?}"
+    );
+    // a group drawn twice in one iteration shares one history; otherwise each pair sums to 0
+    if per_sample[0].0 != per_sample[2].0 {
+        for g in [0, 2] {
+            let s = per_sample[g].1 + per_sample[g + 1].1;
+            assert!(s.abs() < 1e-9, "group {g}: {per_sample:?}");
+        }
+    }
+    // k = 1 (the reference): four first visits of drawn prompts; a prompt drawn once has
+    // advantage exactly 0
+    let (prompt1, adv1) = read_buffer(&DpokConfig {
+        output: tmp.path().join("single"),
+        ..base.clone()
+    });
+    for s in 0..4 {
+        let p = prompt1[s * steps];
+        if prompt1.iter().step_by(steps).filter(|&&q| q == p).count() == 1 {
+            assert_eq!(adv1[s * steps], 0.0, "sample {s}");
+        }
+    }
+}
