@@ -488,18 +488,12 @@ fn grouped_rollouts_give_the_baseline_a_group() {
             .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
             .collect();
         let adv_view = st.tensor("advantage").unwrap();
-        let adv: Vec<f64> = match adv_view.dtype() {
-            safetensors::Dtype::F64 => adv_view
-                .data()
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            _ => adv_view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f64::from(f32::from_le_bytes(b.try_into().unwrap())))
-                .collect(),
-        };
+        assert_eq!(adv_view.dtype(), safetensors::Dtype::F64);
+        let adv: Vec<f64> = adv_view
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         (prompt, adv)
     };
     let steps = 4; // sampling steps = transitions per sample
