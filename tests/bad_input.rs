@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use dpoimg::bundle::{Bundle, Verify};
 use dpoimg::lora::AdapterRef;
-use dpoimg::{CancelToken, EngineOptions, GenerateRequest};
+use dpoimg::{CancelToken, GenerateRequest};
 use std::path::{Path, PathBuf};
 
 /// A private copy of the tiny bundle that a case may break.
@@ -37,10 +37,7 @@ fn replace_file(dir: &Path, rel: &str, bytes: &[u8]) {
 }
 
 fn open_engine(dir: &Path) -> Result<dpoimg::Engine, String> {
-    let mut o = EngineOptions::default();
-    o.session.device = dpoimg::runtime::Device::Cpu;
-    o.session.intra_threads = 1;
-    dpoimg::Engine::open(dir, &o).map_err(|e| e.to_string())
+    common::open_cpu_engine(dir, 1).map_err(|e| e.to_string())
 }
 
 fn expect_err(case: &str, r: Result<impl std::fmt::Debug, String>, needles: &[&str]) {

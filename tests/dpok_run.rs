@@ -4,6 +4,8 @@
 //! adapter, byte for byte, as an uninterrupted one; bad settings are errors that name the field;
 //! and training raises the reward (see `dpok_raises_the_reward`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use dpoimg::finetune::{self, DpokConfig, Event, FinetuneError};
@@ -152,9 +154,7 @@ fn short_run_writes_adapter_metrics_plots_and_checkpoints() {
     assert_eq!(out.adapter_sha256, sha(&out.adapter));
 
     // the adapter loads in the engine, with DPOK provenance, and changes the image
-    let mut o = dpoimg::EngineOptions::default();
-    o.session.intra_threads = 2;
-    let engine = dpoimg::Engine::open(&cfg.bundle, &o).unwrap();
+    let engine = common::open_cpu_engine(&cfg.bundle, 2).unwrap();
     let adapter = engine.load_adapter(&out.adapter).unwrap();
     let prov: serde_json::Value = serde_json::from_str(&adapter.metadata["provenance"]).unwrap();
     assert_eq!(prov["method"], "dpok");
@@ -343,9 +343,7 @@ fn paired_rewards(
     prompts: &[&str],
     seeds: std::ops::Range<u64>,
 ) -> (Vec<f64>, Vec<f64>) {
-    let mut o = dpoimg::EngineOptions::default();
-    o.session.intra_threads = 2;
-    let engine = dpoimg::Engine::open(&cfg.bundle, &o).unwrap();
+    let engine = common::open_cpu_engine(&cfg.bundle, 2).unwrap();
     let reward =
         dpoimg::score::RewardModel::open(&cfg.reward, &dpoimg::score::ScoreOptions::default())
             .unwrap();

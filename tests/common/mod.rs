@@ -113,12 +113,19 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
 /// One engine per test binary (ONNX Runtime loads once per process anyway).
 pub fn engine() -> &'static dpoimg::Engine {
     static ENGINE: OnceLock<dpoimg::Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut o = dpoimg::EngineOptions::default();
-        o.session.device = dpoimg::runtime::Device::Cpu;
-        o.session.intra_threads = 2;
-        dpoimg::Engine::open(bundle_dir(), &o).expect("tiny bundle opens")
-    })
+    ENGINE.get_or_init(|| open_cpu_engine(&bundle_dir(), 2).expect("tiny bundle opens"))
+}
+
+/// A bundle opened on the CPU execution provider with `threads` intra-op threads (what every
+/// engine-level test wants: no GPU, a thread count that fits the 2-core CI machine).
+pub fn open_cpu_engine(
+    dir: &std::path::Path,
+    threads: usize,
+) -> Result<dpoimg::Engine, dpoimg::EngineError> {
+    let mut o = dpoimg::EngineOptions::default();
+    o.session.device = dpoimg::runtime::Device::Cpu;
+    o.session.intra_threads = threads;
+    dpoimg::Engine::open(dir, &o)
 }
 
 /// Asserts `max |a - b| <= tol * max(1, max |b|)`: for tensors of large magnitude (latents after
