@@ -171,18 +171,15 @@ fn trainer_unet_equals_the_onnx_unet_on_the_shipped_bundle() {
             .fold(0f32, f32::max)
     };
 
+    let onnx = |adapters: &[AdapterRef]| {
+        let lora = engine.compose(adapters).unwrap();
+        engine
+            .unet_forward(&shape, &x, &ts, &eshape, &ehs, &lora)
+            .unwrap()
+    };
+
     let base = unet.forward(&input, None).unwrap().to_host(&*be);
-    let onnx_base = engine
-        .unet_forward(
-            &shape,
-            &x,
-            &ts,
-            &eshape,
-            &ehs,
-            &engine.compose(&[]).unwrap(),
-        )
-        .unwrap();
-    let d = max_abs(&base, &onnx_base);
+    let d = max_abs(&base, &onnx(&[]));
     eprintln!("world bundle, base: trainer vs ONNX max |diff| {d:.2e}");
     assert!(d <= 1e-5, "base: {d:.2e}");
 
@@ -194,17 +191,7 @@ fn trainer_unet_equals_the_onnx_unet_on_the_shipped_bundle() {
         adapter: engine.load_adapter(&adapter_path).expect("engine reads it"),
         strength: 1.0,
     };
-    let onnx_tuned = engine
-        .unet_forward(
-            &shape,
-            &x,
-            &ts,
-            &eshape,
-            &ehs,
-            &engine.compose(&[adapter]).unwrap(),
-        )
-        .unwrap();
-    let d = max_abs(&tuned, &onnx_tuned);
+    let d = max_abs(&tuned, &onnx(&[adapter]));
     let moved = max_abs(&tuned, &base);
     eprintln!(
         "world bundle, adapter: trainer vs ONNX max |diff| {d:.2e}; adapter moved {moved:.2e}"
