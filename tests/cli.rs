@@ -5,34 +5,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn dpoimg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dpoimg"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("dpoimg runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "dpoimg failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn err(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got success: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use std::process::Command;
 
 fn gen(dir: &Path, extra: &[&str]) -> Vec<String> {
     let bundle = bundle_dir();

@@ -10,40 +10,6 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn dpoimg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dpoimg"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("dpoimg runs")
-}
-
-fn ok(out: &Output) -> (String, String) {
-    assert!(
-        out.status.success(),
-        "dpoimg failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn err(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got success: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
 const N: usize = 3;
 
 /// The base arguments of an eval of `base` vs `lora` (r4 adapter) into `out`.
@@ -237,7 +203,7 @@ fn eval_base_vs_adapter_report_resume_blind_votes() {
         std::fs::copy(assets().join("score-images").join(f), reference.join(f)).unwrap();
     }
     args.extend(["--fid-reference".into(), s(&reference)]);
-    let (stdout, stderr) = ok(&run(&args));
+    let (stdout, stderr) = ok_streams(&run(&args));
     assert!(
         stdout.contains("eval.json") && stdout.contains("report.html"),
         "{stdout}"
@@ -313,7 +279,7 @@ fn eval_base_vs_adapter_report_resume_blind_votes() {
         "-o",
         &s(&g),
     ]);
-    let (gen_stdout, _) = ok(&gen_out);
+    let (gen_stdout, _) = ok_streams(&gen_out);
     assert_eq!(
         png_pixels(Path::new(gen_stdout.trim())),
         png_pixels(&out.join(&r.prompts[1].images["base"][1].file))
@@ -440,7 +406,7 @@ fn eval_base_vs_adapter_report_resume_blind_votes() {
     ));
     let vpath = d.path().join("votes.jsonl");
     std::fs::write(&vpath, votes).unwrap();
-    ok(&dpoimg(&[
+    ok_streams(&dpoimg(&[
         "eval",
         "-o",
         &s(&out),
@@ -474,7 +440,7 @@ fn eval_base_vs_adapter_report_resume_blind_votes() {
         out.join(&r.prompts[0].images["lora"][2].file),
     )
     .unwrap();
-    let (_, stderr) = ok(&run(&eval_args(&prompts, &out)));
+    let (_, stderr) = ok_streams(&run(&eval_args(&prompts, &out)));
     assert!(stderr.contains("1 generated, 11 reused"), "{stderr}");
     let r3 = read_report(&out).unwrap();
     assert_eq!(
@@ -485,7 +451,7 @@ fn eval_base_vs_adapter_report_resume_blind_votes() {
         serde_json::to_value(&r3.pairs).unwrap(),
         serde_json::to_value(&r.pairs).unwrap()
     );
-    let (_, stderr) = ok(&run(&eval_args(&prompts, &out)));
+    let (_, stderr) = ok_streams(&run(&eval_args(&prompts, &out)));
     assert!(stderr.contains("0 generated, 12 reused"), "{stderr}");
 }
 
@@ -601,7 +567,7 @@ fn bad_input_gives_clear_errors() {
     let blind2 = d.path().join("blind2");
     let mut args = base(&s(&prompts), "b");
     args.extend(["--blind-export".into(), s(&blind2)]);
-    ok(&run(&args));
+    ok_streams(&run(&args));
     let votes = d.path().join("votes.jsonl");
     std::fs::write(
         &votes,

@@ -12,38 +12,7 @@ use dpoimg::eval::{read_report, ImageScorer, WorldCheck, WorldCheckValue};
 use dpoimg::world::{check, render_prompt, PromptSampler, RenderOptions, Scene, Split};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn dpoimg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dpoimg"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("dpoimg runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "dpoimg failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn err(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got success: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
+use std::process::Output;
 
 const PROMPTS: [&str; 2] = [
     "a small red circle at the top left on a white background",

@@ -143,3 +143,46 @@ pub fn assert_close_scaled(what: &str, got: &[f32], want: &[f64], tol: f64) {
         d / scale
     );
 }
+
+/// Runs the `dpoimg` binary of this build with quiet logs.
+pub fn dpoimg(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dpoimg"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("dpoimg runs")
+}
+
+/// The stdout of a run that must succeed (the failure message shows both streams).
+pub fn ok(out: &std::process::Output) -> String {
+    ok_streams(out).0
+}
+
+/// stdout and stderr of a run that must succeed.
+pub fn ok_streams(out: &std::process::Output) -> (String, String) {
+    assert!(
+        out.status.success(),
+        "dpoimg failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The stderr of a run that must fail.
+pub fn err(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A path as a CLI argument.
+pub fn s(p: &std::path::Path) -> String {
+    p.to_str().unwrap().to_string()
+}
