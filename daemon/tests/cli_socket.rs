@@ -4,21 +4,14 @@
 //! the outputs must agree: generated PNG files byte for byte (pixels and provenance chunks), and
 //! ImageReward scores to 1e-6 (the same batches on the same ONNX Runtime, so in practice equal).
 
+mod common;
+use common::*;
+
 use dpoimgd::client;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-fn assets() -> PathBuf {
-    repo().join("tests/assets")
-}
 
 /// The `dpoimg` binary of this build (same target directory as `dpoimgd`).
 fn dpoimg_bin() -> PathBuf {
@@ -31,17 +24,6 @@ fn dpoimg_bin() -> PathBuf {
     p
 }
 
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
 struct Daemon {
     child: Child,
     socket: PathBuf,
@@ -51,38 +33,19 @@ struct Daemon {
 impl Daemon {
     fn start(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("adapters")).unwrap();
-        std::fs::copy(
-            assets().join("adapters/r4.safetensors"),
-            dir.path().join("adapters/r4.safetensors"),
-        )
-        .unwrap();
+        add_r4_adapter(dir.path());
         let socket = dir.path().join("run/dpoimgd.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_dpoimgd"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--bundle")
-            .arg(assets().join("tiny-bundle"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--adapter-dir")
-            .arg(dir.path().join("adapters"))
-            .args(["--device", "cpu", "--threads", "1", "--no-verify"])
+        let child = dpoimgd(&socket, dir.path(), true)
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("dpoimgd starts");
         let d = Daemon { child, socket, dir };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(60) {
-            if let Ok((200, _)) = d.call("GET", "/v1/health", None) {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon did not become healthy in 60 s");
+        assert!(
+            wait_healthy(&d.socket),
+            "daemon did not become healthy in 60 s"
+        );
+        d
     }
 
     fn call(

@@ -2,6 +2,9 @@
 //! spoken to over HTTP/1.1 on the Unix socket. Images are compared with what the library (the
 //! CLI's code path) and, when built, the `dpoimg` binary produce for the same request.
 
+mod common;
+use common::*;
+
 use base64::Engine as _;
 use dpoimgd::client;
 use serde_json::{json, Value};
@@ -10,14 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 fn bundle() -> PathBuf {
-    repo().join("tests/assets/tiny-bundle")
+    assets().join("tiny-bundle")
 }
 fn adapter_file(name: &str) -> PathBuf {
     repo().join("tests/assets/adapters").join(name)
@@ -32,12 +29,7 @@ struct Daemon {
 impl Daemon {
     fn start(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("adapters")).unwrap();
-        std::fs::copy(
-            adapter_file("r4.safetensors"),
-            dir.path().join("adapters/r4.safetensors"),
-        )
-        .unwrap();
+        add_r4_adapter(dir.path());
         Self::start_in(dir, extra)
     }
 
@@ -54,35 +46,18 @@ impl Daemon {
     }
 
     fn spawn(dir: &Path, socket: &Path, extra: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_dpoimgd"))
-            .arg("--socket")
-            .arg(socket)
-            .arg("--bundle")
-            .arg(bundle())
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--adapter-dir")
-            .arg(dir.join("adapters"))
-            .args(["--device", "cpu", "--threads", "1", "--no-verify"])
+        dpoimgd(socket, dir, true)
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("dpoimgd starts")
     }
 
     fn wait_ready(&self) {
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(60) {
-            if let Ok((200, _)) =
-                rt().block_on(client::json(&self.socket, "GET", "/v1/health", None))
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon did not become healthy in 60 s");
+        assert!(
+            wait_healthy(&self.socket),
+            "daemon did not become healthy in 60 s"
+        );
     }
 
     fn pid(&self) -> i32 {
@@ -158,17 +133,6 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
-}
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
 }
 
 fn engine() -> &'static dpoimg::Engine {

@@ -2,51 +2,23 @@
 //! with the adapter an uninterrupted job produces (tensor for tensor); generation is served while
 //! a job trains, and `activate_on_success` serves the new adapter without a restart.
 
+mod common;
+use common::*;
+
 use dpoimgd::client;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
 
 fn start(state: &Path) -> (Child, PathBuf) {
     let socket = state.join("run/d.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dpoimgd"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--bundle")
-        .arg(repo().join("tests/assets/tiny-bundle"))
-        .arg("--state-dir")
-        .arg(state.join("state"))
-        .args(["--device", "cpu", "--threads", "1", "--no-verify"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+    let mut child = dpoimgd(&socket, state, false)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(60) {
-        if let Ok((200, _)) = rt().block_on(client::json(&socket, "GET", "/v1/health", None)) {
-            return (child, socket);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if wait_healthy(&socket) {
+        return (child, socket);
     }
     let _ = child.kill();
     let _ = child.wait();

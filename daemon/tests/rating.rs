@@ -4,6 +4,9 @@
 //! holds exactly those votes, a SIGKILLed daemon keeps them, the export is read by the trainer's
 //! data loader and accepted by a short `run_dpo`, and the summary's p equals SciPy's.
 
+mod common;
+use common::*;
+
 use dpoimgd::client;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -12,38 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
 fn command(dir: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dpoimgd"));
-    c.arg("--socket")
-        .arg(dir.join("run/dpoimgd.sock"))
-        .arg("--bundle")
-        .arg(repo().join("tests/assets/tiny-bundle"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--adapter-dir")
-        .arg(dir.join("adapters"))
-        .args(["--device", "cpu", "--threads", "1", "--no-verify"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
+    let mut c = dpoimgd(&dir.join("run/dpoimgd.sock"), dir, true);
+    c.args(extra);
     c
 }
 
@@ -54,12 +28,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path) -> Daemon {
-        std::fs::create_dir_all(dir.join("adapters")).unwrap();
-        std::fs::copy(
-            repo().join("tests/assets/adapters/r4.safetensors"),
-            dir.join("adapters/r4.safetensors"),
-        )
-        .unwrap();
+        add_r4_adapter(dir);
         let child = command(dir, &["--rating-addr", "127.0.0.1:0"])
             .stderr(Stdio::null())
             .spawn()
@@ -68,15 +37,8 @@ impl Daemon {
             child,
             socket: dir.join("run/dpoimgd.sock"),
         };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(60) {
-            if let Ok((200, _)) = rt().block_on(client::json(&d.socket, "GET", "/v1/health", None))
-            {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon not ready in 60 s");
+        assert!(wait_healthy(&d.socket), "daemon not ready in 60 s");
+        d
     }
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         rt().block_on(client::json(&self.socket, method, path, body))
