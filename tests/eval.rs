@@ -406,7 +406,7 @@ fn eval_base_vs_adapter_report_resume_blind_votes() {
     ));
     let vpath = d.path().join("votes.jsonl");
     std::fs::write(&vpath, votes).unwrap();
-    ok_streams(&dpoimg(&[
+    ok(&dpoimg(&[
         "eval",
         "-o",
         &s(&out),
@@ -567,7 +567,7 @@ fn bad_input_gives_clear_errors() {
     let blind2 = d.path().join("blind2");
     let mut args = base(&s(&prompts), "b");
     args.extend(["--blind-export".into(), s(&blind2)]);
-    ok_streams(&run(&args));
+    ok(&run(&args));
     let votes = d.path().join("votes.jsonl");
     std::fs::write(
         &votes,

@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::{max_abs, open_cpu_engine};
+
 use dpoimg::bundle::{Bundle, Verify};
 use dpoimg::data::{load_pairs, LoadOptions};
 use dpoimg::finetune::{self, DpoConfig, Objective};
@@ -137,7 +139,7 @@ fn trainer_unet_equals_the_onnx_unet_on_the_shipped_bundle() {
     finetune::run_dpo(&cfg, &mut |_| {}, &CancelToken::new()).expect("sft run");
     let adapter_path = cfg.output.join("adapter.safetensors");
 
-    let engine = common::open_cpu_engine(&bundle, 2).expect("world bundle opens");
+    let engine = open_cpu_engine(&bundle, 2).expect("world bundle opens");
     let be = Arc::new(Cpu::new(2));
     let unet = UNet::load(
         be.clone(),
@@ -163,14 +165,6 @@ fn trainer_unet_equals_the_onnx_unet_on_the_shipped_bundle() {
         timesteps: &ts,
         ehs: &ct,
     };
-    let max_abs = |a: &[f32], b: &[f32]| {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0f32, f32::max)
-    };
-
     let onnx = |adapters: &[AdapterRef]| {
         let lora = engine.compose(adapters).unwrap();
         engine

@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{assets, bundle_dir, golden_path, load_golden, Golden};
+use common::{assets, bundle_dir, golden_path, load_golden, max_abs, Golden};
 use dpoimg::train::backend::{AttnDims, Backend, ConvGeom, Gemm, GroupNormDims};
 use dpoimg::train::lora::HostPairs;
 use dpoimg::train::{Cpu, Cuda, LoraGrads, LoraSet, Tensor, UNet, UNetInput};
@@ -530,14 +530,6 @@ fn attention_equals_cpu_and_is_deterministic() {
 
 // ---------------------------------------------------------------------------------------------
 // The whole UNet on CUDA against the torch goldens (as tests/trainer_unet.rs does on the CPU).
-
-fn max_abs(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs())
-        .fold(0.0, f64::max)
-}
 
 fn rel_golden(got: &[f32], want: &Golden) -> f64 {
     assert_eq!(got.len(), want.data.len(), "length");

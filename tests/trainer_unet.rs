@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{assets, bundle_dir, engine, golden_path, load_golden, Golden};
+use common::{assets, bundle_dir, engine, golden_path, load_golden, max_abs, Golden};
 use dpoimg::lora::AdapterRef;
 use dpoimg::train::lora::HostPairs;
 use dpoimg::train::{Cpu, LoraConfig, LoraGrads, LoraSet, Tensor, UNet, UNetConfig, UNetInput};
@@ -54,14 +54,6 @@ fn adapter(name: &str, strength: f32) -> AdapterRef {
 
 fn t(g: &Golden) -> Tensor<Cpu> {
     Tensor::from_host(&*be(), &g.f32(), &g.shape)
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs())
-        .fold(0.0, f64::max)
 }
 
 fn rel(got: &[f32], want: &Golden) -> f64 {

@@ -17,7 +17,7 @@ fn bundle() -> PathBuf {
     assets().join("tiny-bundle")
 }
 fn adapter_file(name: &str) -> PathBuf {
-    repo().join("tests/assets/adapters").join(name)
+    assets().join("adapters").join(name)
 }
 
 struct Daemon {

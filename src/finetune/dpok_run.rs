@@ -6,8 +6,9 @@
 //! 1. **Rollout.** `samples_per_iter / samples_per_prompt` prompts drawn uniformly (with
 //!    replacement) from the prompt file, each sampled `samples_per_prompt` times; each sample's
 //!    initial latents and per-step variance noise come from its own counter-based generator
-//!    `(seed, sample index)`, so the draws do not depend on how samples are batched. Stochastic DDIM with CFG through the ONNX UNet with the current LoRA
-//!    ([`super::dpok::rollout`]), every transition and its log-probability recorded.
+//!    `(seed, sample index)`, so the draws do not depend on how samples are batched. Stochastic
+//!    DDIM with CFG through the ONNX UNet with the current LoRA ([`super::dpok::rollout`]), every
+//!    transition and its log-probability recorded.
 //! 2. **Reward.** The final latents are decoded with the bundle's VAE exactly as `dpoimg generate`
 //!    does, and scored by the reward bundle ([`crate::score::RewardModel`]).
 //! 3. **Advantage** = reward − baseline (per-prompt running mean, or none) for every transition of

@@ -91,6 +91,15 @@ pub fn load_json(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).expect("golden JSON parses")
 }
 
+/// Max absolute difference of two f32 tensors (in f64); panics on length mismatch.
+pub fn max_abs(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max)
+}
+
 /// Max absolute difference; panics on length mismatch.
 pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
