@@ -8,7 +8,7 @@ use common::*;
 use dpoimg::eval::{read_report, EvalReport};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const N: usize = 3;
 
@@ -72,68 +72,14 @@ fn png_pixels(path: &Path) -> Vec<u8> {
     buf
 }
 
-/// Headless Chromium binary: DPOIMG_CHROMIUM, else the usual names on PATH.
-fn chromium() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("DPOIMG_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    for name in [
-        "chromium-headless-shell",
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-        "headless_shell",
-    ] {
-        for dir in std::env::split_paths(&path) {
-            let c = dir.join(name);
-            if c.is_file() {
-                return Some(c);
-            }
-        }
-    }
-    None
-}
-
-/// The DOM Chromium builds from the report (after parsing, as a browser sees it), or None
-/// (with a loud message) when Chromium is absent outside CI. In CI its absence fails.
-fn dump_dom(html: &Path) -> Option<String> {
-    let Some(bin) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "headless Chromium is required in CI: run scripts/install-chromium.sh"
-        );
-        eprintln!("\n*** SKIPPING the headless-Chromium check of report.html: no chromium found (run scripts/install-chromium.sh) ***\n");
-        return None;
-    };
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(&bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", html.canonicalize().unwrap().display()))
-        .output()
-        .expect("chromium runs");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn count(hay: &str, needle: &str) -> usize {
     hay.matches(needle).count()
 }
 
 fn check_report_dom(html: &Path, report: &EvalReport, human: bool) {
-    let Some(dom) = dump_dom(html) else { return };
+    let Some(dom) = chromium::dump_dom(&chromium::file_url(html), "report.html", &[]) else {
+        return;
+    };
     assert!(
         dom.contains("<h1>Evaluation of"),
         "report did not parse: {}",

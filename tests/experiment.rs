@@ -6,8 +6,10 @@
 //! not retrain finished arms; the HTML report parses in headless Chromium with its plots; bad
 //! configs are errors that name the field and the fix.
 
+#[path = "common/chromium.rs"]
+mod chromium;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use dpoimg::experiment::{self, ArmTrain, ExperimentConfig, ExperimentError, Progress};
 use dpoimg::finetune::{self, Compute};
@@ -23,60 +25,6 @@ fn tiny() -> PathBuf {
 
 fn mtime(p: &Path) -> std::time::SystemTime {
     std::fs::metadata(p).unwrap().modified().unwrap()
-}
-
-/// Headless Chromium: DPOIMG_CHROMIUM, else the usual names on PATH (as tests/eval.rs).
-fn chromium() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("DPOIMG_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    for name in [
-        "chromium-headless-shell",
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-        "headless_shell",
-    ] {
-        for dir in std::env::split_paths(&path) {
-            let c = dir.join(name);
-            if c.is_file() {
-                return Some(c);
-            }
-        }
-    }
-    None
-}
-
-fn dump_dom(html: &Path) -> Option<String> {
-    let Some(bin) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "headless Chromium is required in CI: run scripts/install-chromium.sh"
-        );
-        eprintln!("\n*** SKIPPING the headless-Chromium check of the experiment report: no chromium found (run scripts/install-chromium.sh) ***\n");
-        return None;
-    };
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(&bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", html.canonicalize().unwrap().display()))
-        .output()
-        .expect("chromium runs");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn count(hay: &str, needle: &str) -> usize {
@@ -384,7 +332,11 @@ fn tiny_experiment_end_to_end_interrupt_resume_and_report() {
     assert!(!lines_in_pack.contains("dpok") && !lines_in_pack.contains("\"dpo\""));
 
     // 6. The HTML as a browser parses it.
-    if let Some(dom) = dump_dom(&out.join("report.html")) {
+    if let Some(dom) = chromium::dump_dom(
+        &chromium::file_url(&out.join("report.html")),
+        "the experiment report",
+        &[],
+    ) {
         assert!(
             dom.contains("<h1>Experiment on"),
             "{}",

@@ -645,3 +645,33 @@ fn cli_validate_and_usage_errors() {
     assert_eq!(v["draws"], 12);
     assert!((v["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-12);
 }
+
+/// The CLI's pause path: `--stop-after` exits 0 with the resume command for this run, and that
+/// command finishes it.
+#[test]
+fn cli_stop_after_names_the_resume_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = small_config(&out, &tmp.path().join("cache"));
+    let config = tmp.path().join("config.json");
+    std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let finetune = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_dpoimg-finetune"))
+            .args(["dpo", "--quiet", "--config", config.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .expect("dpoimg-finetune runs");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    let err = finetune(&["--stop-after", "2"]);
+    let want = format!(
+        "paused after step 2 of 10; continue with: dpoimg-finetune dpo --resume --output {}",
+        out.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(!out.join("adapter.safetensors").exists());
+    finetune(&["--resume"]);
+    assert!(out.join("adapter.safetensors").is_file());
+}

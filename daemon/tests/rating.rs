@@ -117,64 +117,6 @@ fn post_vote(addr: &str, session: &str, body: &str) -> (u16, Value) {
     (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
 }
 
-/// Headless Chromium binary, found as tests/eval.rs finds it.
-fn chromium() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("DPOIMG_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    for name in [
-        "chromium-headless-shell",
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-        "headless_shell",
-    ] {
-        for dir in std::env::split_paths(&path) {
-            let c = dir.join(name);
-            if c.is_file() {
-                return Some(c);
-            }
-        }
-    }
-    None
-}
-
-/// Loads `url` in headless Chromium and returns the DOM once the page's script settled.
-/// `--virtual-time-budget` keeps the page running (virtual time waits on pending fetches) until
-/// the budget is spent, then `--dump-dom` prints the DOM.
-fn run_page(url: &str) -> Option<String> {
-    let Some(bin) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "headless Chromium is required in CI: run scripts/install-chromium.sh"
-        );
-        eprintln!("\n*** SKIPPING the headless-Chromium rating check: no chromium found (run scripts/install-chromium.sh) ***\n");
-        return None;
-    };
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(&bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--virtual-time-budget=60000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .expect("chromium runs");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn wait_ready(d: &Daemon, id: &str) -> Value {
     let t = Instant::now();
     loop {
@@ -274,7 +216,12 @@ fn page_votes_export_and_trainer_round_trip() {
     );
 
     // Headless Chromium clicks the buttons.
-    let Some(dom) = run_page(&format!("{url}?auto={CLICKS}")) else {
+    let Some(dom) = chromium::dump_dom(
+        &format!("{url}?auto={CLICKS}"),
+        "the rating page",
+        // virtual time waits on pending fetches, so the page's script settles before the dump
+        &["--virtual-time-budget=60000"],
+    ) else {
         return;
     };
     assert!(

@@ -529,45 +529,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cancel = CancelToken::new();
-    {
-        let c = cancel.clone();
-        let _ = ctrlc::set_handler(move || {
-            eprintln!("\ninterrupt: finishing the micro-batch and writing a checkpoint...");
-            c.cancel();
-        });
-    }
-    let mut rep = Reporter {
-        quiet: args.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        json: args.json,
-        encode: None,
-        train: None,
-    };
-    match finetune::run_dpo(&cfg, &mut |e| rep.event(e), &cancel) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(FinetuneError::Paused { step }) => {
-            eprintln!(
-                "paused after step {step} of {}; continue with: dpoimg-finetune dpo --resume --output {}",
-                cfg.steps,
-                cfg.output.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(FinetuneError::Cancelled) => {
-            eprintln!(
-                "cancelled; the newest checkpoint is kept. Continue with: dpoimg-finetune dpo --resume --output {} (same settings)",
-                cfg.output.display()
-            );
-            ExitCode::from(130)
-        }
-        Err(e) => {
-            if let Some(b) = &rep.train {
-                b.abandon();
-            }
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let (steps, output) = (cfg.steps, cfg.output.clone());
+    run_reported(
+        "dpo",
+        args.quiet,
+        args.json,
+        steps,
+        &output,
+        |on_event, cancel| finetune::run_dpo(&cfg, on_event, cancel).map(|_| ()),
+    )
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -765,6 +735,28 @@ fn dpok_main(args: &DpokArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (steps, output) = (cfg.steps * cfg.policy_steps, cfg.output.clone());
+    run_reported(
+        "dpok",
+        args.quiet,
+        args.json,
+        steps,
+        &output,
+        |on_event, cancel| finetune::run_dpok(&cfg, on_event, cancel).map(|_| ()),
+    )
+}
+
+/// Runs one training job with Ctrl-C cancellation and progress reporting, and turns its outcome
+/// into the exit status and the resume hint that DPO and DPOK share (`method` is the subcommand,
+/// `steps` the total the pause message quotes).
+fn run_reported(
+    method: &str,
+    quiet: bool,
+    json: bool,
+    steps: usize,
+    output: &std::path::Path,
+    run: impl FnOnce(&mut dyn FnMut(&Event), &CancelToken) -> Result<(), FinetuneError>,
+) -> ExitCode {
     let cancel = CancelToken::new();
     {
         let c = cancel.clone();
@@ -774,25 +766,24 @@ fn dpok_main(args: &DpokArgs) -> ExitCode {
         });
     }
     let mut rep = Reporter {
-        quiet: args.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        json: args.json,
+        quiet: quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        json,
         encode: None,
         train: None,
     };
-    match finetune::run_dpok(&cfg, &mut |e| rep.event(e), &cancel) {
-        Ok(_) => ExitCode::SUCCESS,
+    match run(&mut |e| rep.event(e), &cancel) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(FinetuneError::Paused { step }) => {
             eprintln!(
-                "paused after step {step} of {}; continue with: dpoimg-finetune dpok --resume --output {}",
-                cfg.steps * cfg.policy_steps,
-                cfg.output.display()
+                "paused after step {step} of {steps}; continue with: dpoimg-finetune {method} --resume --output {}",
+                output.display()
             );
             ExitCode::SUCCESS
         }
         Err(FinetuneError::Cancelled) => {
             eprintln!(
-                "cancelled; the newest checkpoint is kept. Continue with: dpoimg-finetune dpok --resume --output {} (same settings)",
-                cfg.output.display()
+                "cancelled; the newest checkpoint is kept. Continue with: dpoimg-finetune {method} --resume --output {} (same settings)",
+                output.display()
             );
             ExitCode::from(130)
         }

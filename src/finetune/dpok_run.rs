@@ -33,14 +33,14 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use super::adapter_file::{self, ModuleWeights};
-use super::checkpoint::{self, Checkpoint, CheckpointState, ModuleState};
+use super::checkpoint::{self, Checkpoint, CheckpointState};
 use super::dpok::{
     adapter_from_lora, compose_current, rollout, DdimPolicy, DpokStats, DpokWeights,
     PromptBaseline, StoredTransition,
 };
 use super::metrics::MetricsLog;
 use super::order::{below, rng_for};
-use super::trainer::{restore_params, Params};
+use super::trainer::{module_states, restore_params, Params};
 use super::{BaselineChoice, Compute, DpokConfig, Event, FinetuneError, LoraInitChoice, Outcome};
 use crate::engine::{Engine, EngineOptions};
 use crate::optim::{clip_grad_norm, AdamW};
@@ -808,25 +808,7 @@ fn save_checkpoint(
     adam: &AdamW,
     log: &MetricsLog,
 ) -> Result<PathBuf, FinetuneError> {
-    let modules = params
-        .names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            (
-                name.clone(),
-                ModuleState {
-                    a: params.host[2 * i].clone(),
-                    b: params.host[2 * i + 1].clone(),
-                    rank: params.ranks[i],
-                    exp_avg_a: adam.exp_avg[2 * i].clone(),
-                    exp_avg_b: adam.exp_avg[2 * i + 1].clone(),
-                    exp_avg_sq_a: adam.exp_avg_sq[2 * i].clone(),
-                    exp_avg_sq_b: adam.exp_avg_sq[2 * i + 1].clone(),
-                },
-            )
-        })
-        .collect();
+    let modules = module_states(params, adam);
     let step = st.run.iteration * cfg.policy_steps + st.run.policy_done.unwrap_or(0);
     let ck = Checkpoint {
         state: CheckpointState {

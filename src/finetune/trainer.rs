@@ -170,25 +170,7 @@ pub(crate) fn train<B: Backend>(
 
     let save = |step: usize, params: &Params, adam: &AdamW, log: &MetricsLog| {
         log.sync()?;
-        let modules = params
-            .names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                (
-                    n.clone(),
-                    ModuleState {
-                        a: params.host[2 * i].clone(),
-                        b: params.host[2 * i + 1].clone(),
-                        rank: params.ranks[i],
-                        exp_avg_a: adam.exp_avg[2 * i].clone(),
-                        exp_avg_b: adam.exp_avg[2 * i + 1].clone(),
-                        exp_avg_sq_a: adam.exp_avg_sq[2 * i].clone(),
-                        exp_avg_sq_b: adam.exp_avg_sq[2 * i + 1].clone(),
-                    },
-                )
-            })
-            .collect();
+        let modules = module_states(params, adam);
         let ck = Checkpoint {
             state: CheckpointState {
                 format: checkpoint::FORMAT.into(),
@@ -531,6 +513,30 @@ fn timestep_range(
 
 /// Copies a checkpoint's LoRA weights and AdamW moments into the host master copies, after
 /// checking that every module of the run is there with the run's shapes (DPO and DPOK resume).
+/// The checkpoint form of the parameters and the optimiser moments, by module name; the inverse of
+/// [`restore_params`].
+pub(crate) fn module_states(params: &Params, adam: &AdamW) -> BTreeMap<String, ModuleState> {
+    params
+        .names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            (
+                name.clone(),
+                ModuleState {
+                    a: params.host[2 * i].clone(),
+                    b: params.host[2 * i + 1].clone(),
+                    rank: params.ranks[i],
+                    exp_avg_a: adam.exp_avg[2 * i].clone(),
+                    exp_avg_b: adam.exp_avg[2 * i + 1].clone(),
+                    exp_avg_sq_a: adam.exp_avg_sq[2 * i].clone(),
+                    exp_avg_sq_b: adam.exp_avg_sq[2 * i + 1].clone(),
+                },
+            )
+        })
+        .collect()
+}
+
 pub(crate) fn restore_params(
     dir: &Path,
     ck: &Checkpoint,

@@ -1,6 +1,8 @@
 //! Shared test helpers: asset paths, golden-file loading, tolerant comparison.
 #![allow(dead_code)]
 
+pub mod chromium;
+
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::PathBuf;

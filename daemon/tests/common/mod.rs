@@ -2,6 +2,9 @@
 //! blocking test bodies, and `dpoimgd` started on the tiny bundle.
 #![allow(dead_code)]
 
+#[path = "../../../tests/common/chromium.rs"]
+pub mod chromium;
+
 use dpoimgd::client;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
