@@ -555,20 +555,5 @@ fn cli_stop_after_names_the_resume_command() {
     let cfg = small_config(tmp.path());
     let config = tmp.path().join("config.json");
     std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let finetune = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_dpoimg-finetune"))
-            .args(["dpok", "--quiet", "--config", &common::s(&config)])
-            .args(extra)
-            .output()
-            .expect("dpoimg-finetune runs")
-    };
-    let (_, err) = common::ok_streams(&finetune(&["--stop-after", "1"]));
-    let want = format!(
-        "paused after step 2 of 6; continue with: dpoimg-finetune dpok --resume --output {}",
-        cfg.output.display()
-    );
-    assert!(err.contains(&want), "{err}");
-    assert!(!cfg.output.join("adapter.safetensors").exists());
-    common::ok_streams(&finetune(&["--resume"]));
-    assert!(cfg.output.join("adapter.safetensors").is_file());
+    common::assert_pause_names_resume("dpok", &config, &cfg.output, 1, (2, 6));
 }

@@ -3,6 +3,8 @@
 //! training moves the model toward the preferred images, bit-exact resume after pauses, a
 //! cancel and a SIGKILL, the encode-once cache, the adapter file, and bad settings.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -655,23 +657,5 @@ fn cli_stop_after_names_the_resume_command() {
     let cfg = small_config(&out, &tmp.path().join("cache"));
     let config = tmp.path().join("config.json");
     std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let finetune = |extra: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_dpoimg-finetune"))
-            .args(["dpo", "--quiet", "--config", config.to_str().unwrap()])
-            .args(extra)
-            .output()
-            .expect("dpoimg-finetune runs");
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{err}");
-        err
-    };
-    let err = finetune(&["--stop-after", "2"]);
-    let want = format!(
-        "paused after step 2 of 10; continue with: dpoimg-finetune dpo --resume --output {}",
-        out.display()
-    );
-    assert!(err.contains(&want), "{err}");
-    assert!(!out.join("adapter.safetensors").exists());
-    finetune(&["--resume"]);
-    assert!(out.join("adapter.safetensors").is_file());
+    common::assert_pause_names_resume("dpo", &config, &out, 2, (2, 10));
 }

@@ -529,13 +529,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (steps, output) = (cfg.steps, cfg.output.clone());
     run_reported(
         "dpo",
         args.quiet,
         args.json,
-        steps,
-        &output,
+        cfg.steps,
+        &cfg.output,
         |on_event, cancel| finetune::run_dpo(&cfg, on_event, cancel).map(|_| ()),
     )
 }
@@ -735,13 +734,12 @@ fn dpok_main(args: &DpokArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (steps, output) = (cfg.steps * cfg.policy_steps, cfg.output.clone());
     run_reported(
         "dpok",
         args.quiet,
         args.json,
-        steps,
-        &output,
+        cfg.steps * cfg.policy_steps,
+        &cfg.output,
         |on_event, cancel| finetune::run_dpok(&cfg, on_event, cancel).map(|_| ()),
     )
 }

@@ -511,8 +511,6 @@ fn timestep_range(
     Ok(cfg.timestep_min..hi)
 }
 
-/// Copies a checkpoint's LoRA weights and AdamW moments into the host master copies, after
-/// checking that every module of the run is there with the run's shapes (DPO and DPOK resume).
 /// The checkpoint form of the parameters and the optimiser moments, by module name; the inverse of
 /// [`restore_params`].
 pub(crate) fn module_states(params: &Params, adam: &AdamW) -> BTreeMap<String, ModuleState> {
@@ -537,6 +535,8 @@ pub(crate) fn module_states(params: &Params, adam: &AdamW) -> BTreeMap<String, M
         .collect()
 }
 
+/// Copies a checkpoint's LoRA weights and AdamW moments into the host master copies, after
+/// checking that every module of the run is there with the run's shapes (DPO and DPOK resume).
 pub(crate) fn restore_params(
     dir: &Path,
     ck: &Checkpoint,

@@ -197,3 +197,32 @@ pub fn err(out: &std::process::Output) -> String {
 pub fn s(p: &std::path::Path) -> String {
     p.to_str().unwrap().to_string()
 }
+
+/// The CLI pause path of `dpoimg-finetune METHOD --config CONFIG` (a run writing to `output`):
+/// `--stop-after N` exits 0 saying `paused after step PAUSED of TOTAL; continue with:
+/// dpoimg-finetune METHOD --resume --output OUTPUT` and writes no adapter yet; that `--resume`
+/// then finishes the run and writes it.
+pub fn assert_pause_names_resume(
+    method: &str,
+    config: &std::path::Path,
+    output: &std::path::Path,
+    stop_after: usize,
+    (paused, total): (usize, usize),
+) {
+    let finetune = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dpoimg-finetune"))
+            .args([method, "--quiet", "--config", &s(config)])
+            .args(extra)
+            .output()
+            .expect("dpoimg-finetune runs")
+    };
+    let (_, err) = ok_streams(&finetune(&["--stop-after", &stop_after.to_string()]));
+    let want = format!(
+        "paused after step {paused} of {total}; continue with: dpoimg-finetune {method} --resume --output {}",
+        output.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(!output.join("adapter.safetensors").exists());
+    ok_streams(&finetune(&["--resume"]));
+    assert!(output.join("adapter.safetensors").is_file());
+}
