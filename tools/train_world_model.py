@@ -18,9 +18,12 @@ Stages (each resumable: re-running the same command continues from WORK/ckpt-*.p
    is measured on the data (1 / std of sampled latents) and stored as `scaling_factor`.
 3. UNet2DConditionModel (32/64/128 channels, cross-attention at every level, 16x16 included, so
    position words can steer where things go) and CLIPTextModel (3 layers, width 64) trained
-   together with the DDPM epsilon loss on the scaled_linear schedule (SD's), 10 % empty captions so
-   that classifier-free guidance works, offset noise 0.1 (flat backgrounds), AdamW, EMA 0.999 of
-   both; the EMA weights are exported.
+   together with the DDPM epsilon loss on the `--noise-schedule` (`sd`: SD's scaled_linear, the
+   schedule the shipped model was trained on; `ddpm`: linear with near-zero terminal SNR, see
+   SCHEDULES for why), 10 % empty captions so that classifier-free guidance works, offset noise 0.1
+   (flat backgrounds), AdamW, EMA 0.999 of both; the EMA weights are exported with a DDIM scheduler
+   of the schedule in use at the last step. A run may switch schedule when resumed: the checkpoint
+   records the step each one started at, and the log prints the commands that reproduce it.
 
 Reproducibility: all randomness comes from seeded generators indexed by (stage, step), so a run
 with the same step counts gives the same weights whether or not it was interrupted and resumed
@@ -56,6 +59,25 @@ VAE_KW = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock
               layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32)
 SCHED_KW = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                 clip_sample=False, prediction_type="epsilon")
+# Noise schedules (`--noise-schedule`): (DDPMScheduler settings, DDIM settings for the exported pipeline).
+# `sd` is SD-1.x's, the shipped model's: its last training timestep keeps sqrt(abar) = 0.068 of the
+# signal (0.085 at the first `leading` DDIM step, 961). On flat-colour shapes that leak tells where
+# the object is, so the model learned to read placement from x_T instead of from the text
+# (tools/world_leak_probe.py: a render's leak at position A under a prompt asking for B lands at A
+# 45 % of the time, at B 7 %). `ddpm` is DDPM's linear schedule (Ho et al. 2020; terminal sqrt(abar)
+# = 0.0064), sampled with `trailing` spacing so that DDIM starts at t = 999 where training ends (Lin
+# et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"); it removes the leak
+# (A 17 %, chance 11 %) but placement still is not learned, because the epsilon loss weights an
+# error in the predicted image by SNR, about 4e-5 at the steps where placement is decided. `ddpm-v`
+# adds v-prediction (Salimans & Ho 2022), whose loss weights that error by SNR + 1.
+SCHEDULES = {
+    "sd": (dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon"),
+           dict(set_alpha_to_one=False, steps_offset=1)),
+    "ddpm": (dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon"),
+             dict(set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing")),
+    "ddpm-v": (dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="v_prediction"),
+               dict(set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing")),
+}
 
 LOG = None
 
@@ -164,6 +186,12 @@ def main():
     ap.add_argument("--ckpt-minutes", type=float, default=5, help="checkpoint interval")
     ap.add_argument("--snapshot", default="", help="write the current checkpoints' diffusers pipeline (EMA "
                     "weights) to this folder and exit, without training (the VAE stage must be done)")
+    ap.add_argument("--noise-schedule", choices=sorted(SCHEDULES), default="sd",
+                    help="training noise schedule from this run's current step on (see SCHEDULES); the "
+                         "checkpoint records which steps used which")
+    ap.add_argument("--snapshot-weights", choices=("ema", "raw"), default="ema",
+                    help="which UNet/text-encoder weights --snapshot writes (raw: the optimiser's, for a "
+                         "quick look soon after a schedule switch, when the EMA still averages in the old ones)")
     ap.add_argument("--stop-at", default="", help="HH:MM (local) wall-clock deadline for the UNet stage")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -297,13 +325,25 @@ def main():
         unet.load_state_dict(s["unet"]); te.load_state_dict(s["te"]); opt.load_state_dict(s["opt"])
         ema_u.load_state_dict(s["ema_u"]); ema_t.load_state_dict(s["ema_t"])
         step, elapsed = s["step"], s["elapsed"]
-        P(f"unet: resumed at step {step} ({elapsed / 60:.1f} min)")
+        segments = s.get("schedules", [[0, "sd"]])
+        P(f"unet: resumed at step {step} ({elapsed / 60:.1f} min); schedules so far {segments}")
+    else:
+        segments = []
+    if not args.snapshot and (not segments or segments[-1][1] != args.noise_schedule):
+        if segments and SCHEDULES[segments[-1][1]][0]["prediction_type"] != SCHEDULES[args.noise_schedule][0][
+                "prediction_type"]:
+            # the output means something else from here on: averaging it with the old weights is noise
+            ema_u.load_state_dict(unet.state_dict()); ema_t.load_state_dict(te.state_dict())
+            P("unet: EMA restarted from the current weights (prediction type changed)")
+        segments.append([step, args.noise_schedule])
+        P(f"unet: noise schedule {args.noise_schedule} from step {step}")
+    schedule = segments[-1][1] if segments else args.noise_schedule
     ema_params = list(ema_u.parameters()) + list(ema_t.parameters())
 
     def save_unet():
         tmp = uck + ".tmp"
         torch.save(dict(unet=unet.state_dict(), te=te.state_dict(), opt=opt.state_dict(), ema_u=ema_u.state_dict(),
-                        ema_t=ema_t.state_dict(), step=step, elapsed=elapsed), tmp)
+                        ema_t=ema_t.state_dict(), step=step, elapsed=elapsed, schedules=segments), tmp)
         os.replace(tmp, uck)
 
     stop_at = None
@@ -311,7 +351,10 @@ def main():
         hh, mm = map(int, args.stop_at.split(":"))
         lt = time.localtime()
         stop_at = time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, hh, mm, 0, 0, 0, -1))
-    sched = DDPMScheduler(**SCHED_KW)
+        if stop_at <= time.time():  # a deadline past midnight
+            stop_at += 86400
+    sched_kw = {**SCHED_KW, **SCHEDULES[schedule][0]}
+    sched = DDPMScheduler(**sched_kw)
     snr_all = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
     unet.train(); te.train()
     t0 = time.time() - elapsed
@@ -336,15 +379,20 @@ def main():
         noise = torch.randn(z.shape, generator=g) + 0.1 * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
         t = torch.randint(0, 1000, (args.bs,), generator=g)
         pred = unet(sched.add_noise(z, noise, t), t, emb).sample
+        v_pred = sched.config.prediction_type == "v_prediction"
+        target = sched.get_velocity(z, noise, t) if v_pred else noise
         if args.min_snr > 0:
-            # min-SNR-gamma (Hang et al. 2023): epsilon loss weighted by min(SNR, gamma) / SNR, which
-            # stops the many low-noise steps from dominating; it converges several times faster,
-            # and compute is what this CPU run is short of
+            # min-SNR-gamma (Hang et al. 2023): the loss weighted so that an error in the predicted
+            # image counts min(SNR, gamma) (epsilon) or min(SNR + 1, gamma) (v) times, which stops
+            # the many low-noise steps from dominating; it converges several times faster, and
+            # compute is what this CPU run is short of. The v form keeps weight 1 at the
+            # high-noise steps (the epsilon form's SNR there is what left placement unlearned).
             snr = snr_all[t]
-            w = torch.clamp(snr, max=args.min_snr) / snr
-            loss = (w * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+            weight_of = snr + 1 if v_pred else snr
+            w = torch.clamp(weight_of, max=args.min_snr) / weight_of
+            loss = (w * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         else:
-            loss = F.mse_loss(pred, noise)
+            loss = F.mse_loss(pred, target)
         for g_ in opt.param_groups:
             g_["lr"] = args.lr * min(1.0, (step + 1) / warm)
         opt.zero_grad(); loss.backward()
@@ -367,12 +415,14 @@ def main():
 
     # ------------------------------------------------------------------ diffusers pipeline (EMA weights)
     out = args.snapshot or os.path.join(args.work, "pipeline")
-    scheduler = DDIMScheduler(**SCHED_KW, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=ema_t, tokenizer=tok, unet=ema_u, scheduler=scheduler,
+    scheduler = DDIMScheduler(**sched_kw, **SCHEDULES[schedule][1])
+    raw = args.snapshot and args.snapshot_weights == "raw"
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te if raw else ema_t, tokenizer=tok,
+                                   unet=unet if raw else ema_u, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out)
     P(f"saved {out} (vae steps {vstep}, unet steps {step}, scaling_factor {sf:.4f}); reproduce with "
-      f"--vae-steps {vstep} --unet-steps {step}")
+      f"--vae-steps {vstep} --unet-steps {step}, noise schedules {segments} (step, --noise-schedule)")
 
 
 if __name__ == "__main__":
