@@ -18,9 +18,9 @@ Stages (each resumable: re-running the same command continues from WORK/ckpt-*.p
    is measured on the data (1 / std of sampled latents) and stored as `scaling_factor`.
 3. UNet2DConditionModel (32/64/128 channels, cross-attention at every level, 16x16 included, so
    position words can steer where things go) and CLIPTextModel (3 layers, width 64) trained
-   together with the DDPM epsilon loss on the `--noise-schedule` (`sd`: SD's scaled_linear, the
-   schedule the shipped model was trained on; `ddpm`: linear with near-zero terminal SNR, see
-   SCHEDULES for why), 10 % empty captions so that classifier-free guidance works, offset noise 0.1
+   together with the DDPM loss on the `--noise-schedule` (`sd`: SD's scaled_linear with epsilon
+   prediction, the shipped model's; `ddpm`: linear with near-zero terminal SNR; `ddpm-v`: the same
+   with v-prediction; see SCHEDULES for why), 10 % empty captions so that classifier-free guidance works, offset noise 0.1
    (flat backgrounds), AdamW, EMA 0.999 of both; the EMA weights are exported with a DDIM scheduler
    of the schedule in use at the last step. A run may switch schedule when resumed: the checkpoint
    records the step each one started at, and the log prints the commands that reproduce it.
@@ -57,8 +57,7 @@ UNET_KW = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1
 VAE_KW = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
               up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(16, 32),
               layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32)
-SCHED_KW = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                clip_sample=False, prediction_type="epsilon")
+SCHED_KW = dict(num_train_timesteps=1000, clip_sample=False)  # the rest per schedule, below
 # Noise schedules (`--noise-schedule`): (DDPMScheduler settings, DDIM settings for the exported pipeline).
 # `sd` is SD-1.x's, the shipped model's: its last training timestep keeps sqrt(abar) = 0.068 of the
 # signal (0.085 at the first `leading` DDIM step, 961). On flat-colour shapes that leak tells where
@@ -356,6 +355,7 @@ def main():
     sched_kw = {**SCHED_KW, **SCHEDULES[schedule][0]}
     sched = DDPMScheduler(**sched_kw)
     snr_all = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
+    v_pred = sched.config.prediction_type == "v_prediction"
     unet.train(); te.train()
     t0 = time.time() - elapsed
     last_ck = time.time()
@@ -379,7 +379,6 @@ def main():
         noise = torch.randn(z.shape, generator=g) + 0.1 * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
         t = torch.randint(0, 1000, (args.bs,), generator=g)
         pred = unet(sched.add_noise(z, noise, t), t, emb).sample
-        v_pred = sched.config.prediction_type == "v_prediction"
         target = sched.get_velocity(z, noise, t) if v_pred else noise
         if args.min_snr > 0:
             # min-SNR-gamma (Hang et al. 2023): the loss weighted so that an error in the predicted

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
+from world_eval import check  # noqa: E402
 from world_position_probe import POSITION, requested  # noqa: E402
 
 PLACES = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
@@ -37,14 +38,6 @@ RELATIONS = (" left of ", " right of ", " above ", " below ")
 
 def phrase(place):
     return "in the center" if place == "center" else f"at the {place}"
-
-
-def check(dpoimg, folder, prompts):
-    index = os.path.join(folder, "index.json")
-    with open(index, "w") as f:
-        json.dump({"version": 1, "images": [{"file": f"{i:05}.png", "prompt": p} for i, p in enumerate(prompts)]}, f)
-    out = subprocess.run([dpoimg, "world", "check", "--index", index], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout)["images"]
 
 
 def main():
@@ -107,7 +100,8 @@ def main():
         for i, im in enumerate(images):
             Image.fromarray((im * 255).round().clip(0, 255).astype(np.uint8)).save(os.path.join(folder, f"{i:05}.png"))
         single = [(r["reading"]["objects"][0]["position"], a, b)
-                  for r, a, b in zip(check(args.dpoimg, folder, at_b), place_a, place_b)
+                  for r, a, b in zip(check(args.dpoimg, folder, [f"{i:05}.png" for i in range(args.n)], at_b)[1],
+                                     place_a, place_b)
                   if len(r["reading"].get("objects", [])) == 1]
         n = len(single)
         hits_a = sum(d == a for d, a, _ in single)
