@@ -81,6 +81,45 @@ SCHEDULES = {
 LOG = None
 
 
+def text_encoder(tok):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH, hidden_act="quick_gelu", projection_dim=64,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+
+
+def init_from_bundle(args, tok, vck, uck):
+    """Start this run's checkpoints from an exported bundle (tools/bundle_weights.py reads its weights
+    back and checks them against its graphs): the VAE stage counts as done, the UNet stage resumes at
+    --init-step on the bundle's noise schedule with a fresh optimiser (its moments are not exported),
+    re-warmed over the first 200 steps. The EMA starts from the bundle's weights, which are EMA weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    import bundle_weights
+    if os.path.exists(vck) or os.path.exists(uck):
+        sys.exit(f"--init-bundle: {args.work} already holds checkpoints; resume without --init-bundle or use an "
+                 f"empty --work")
+    with open(os.path.join(args.init_bundle, "bundle.json"), encoding="utf-8") as f:
+        bundle = json.load(f)
+    sched = bundle.get("scheduler", {})
+    named = [n for n, (kw, _) in SCHEDULES.items() if all(sched.get(k) == v for k, v in kw.items())]
+    if not named:
+        sys.exit(f"--init-bundle: {args.init_bundle}'s scheduler {sched} is none of {sorted(SCHEDULES)}")
+    vae, unet, te = AutoencoderKL(**VAE_KW), UNet2DConditionModel(**UNET_KW), text_encoder(tok)
+    worst = bundle_weights.load_bundle(args.init_bundle, unet, te, vae, MAX_LENGTH)
+    P(f"init: {args.init_bundle} read back; max |onnx - torch| {worst}; its schedule {named[0]}, "
+      f"counted as step {args.init_step}; its VAE scaling_factor {bundle.get('vae', {}).get('scaling_factor')} "
+      f"(the latents stage below measures it again)")
+    vopt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    torch.save(dict(model=vae.state_dict(), opt=vopt.state_dict(), step=0, elapsed=0.0, done=True,
+                    init_bundle=args.init_bundle), vck)
+    opt = torch.optim.AdamW(list(unet.parameters()) + list(te.parameters()), lr=args.lr, weight_decay=0.01,
+                            betas=(0.9, 0.99))
+    torch.save(dict(unet=unet.state_dict(), te=te.state_dict(), opt=opt.state_dict(), ema_u=unet.state_dict(),
+                    ema_t=te.state_dict(), step=args.init_step, elapsed=0.0, schedules=[[0, named[0]]],
+                    warm_from=args.init_step, init_bundle=args.init_bundle), uck)
+
+
 def P(*a):
     s = time.strftime("%H:%M:%S ") + " ".join(str(x) for x in a)
     print(s, flush=True)
@@ -192,6 +231,10 @@ def main():
                     help="which UNet/text-encoder weights --snapshot writes (raw: the optimiser's, for a "
                          "quick look soon after a schedule switch, when the EMA still averages in the old ones)")
     ap.add_argument("--stop-at", default="", help="HH:MM (local) wall-clock deadline for the UNet stage")
+    ap.add_argument("--init-bundle", default="", help="start an empty --work from this exported bundle's weights "
+                    "(e.g. models/world) instead of from scratch; see init_from_bundle")
+    ap.add_argument("--init-step", type=int, default=0, help="with --init-bundle: the UNet steps the bundle was "
+                    "trained for (its training log says; models/world: 4165)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -201,7 +244,6 @@ def main():
     P(f"torch {torch.__version__}, threads {args.threads}")
 
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     d = np.load(args.data)
     images = torch.from_numpy(d["images"]).permute(0, 3, 1, 2).contiguous()  # uint8 N,3,32,32
@@ -210,6 +252,10 @@ def main():
     P(f"data {args.data}: {N} images, {len(set(prompts))} prompts")
 
     tok = write_tokenizer(os.path.join(args.work, "tokenizer"))
+    vck = os.path.join(args.work, "ckpt-vae.pt")
+    uck = os.path.join(args.work, "ckpt-unet.pt")
+    if args.init_bundle:
+        init_from_bundle(args, tok, vck, uck)
     uniq = sorted(set(prompts))
     pid = {p: i for i, p in enumerate(uniq)}
     ids_all = tok(uniq + [""], padding="max_length", max_length=MAX_LENGTH, truncation=True,
@@ -234,7 +280,6 @@ def main():
     torch.manual_seed(args.seed)
     vae = AutoencoderKL(**VAE_KW)
     vopt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    vck = os.path.join(args.work, "ckpt-vae.pt")
     vstep, velapsed, vdone = 0, 0.0, False
     if os.path.exists(vck):
         s = torch.load(vck, weights_only=False)
@@ -309,21 +354,17 @@ def main():
     torch.manual_seed(args.seed + 1)
     unet = UNet2DConditionModel(**UNET_KW)
     torch.manual_seed(args.seed + 2)
-    te = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-        max_position_embeddings=MAX_LENGTH, hidden_act="quick_gelu", projection_dim=64,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    te = text_encoder(tok)
     P(f"unet {npar(unet) / 1e6:.3f} M params, text encoder {npar(te) / 1e6:.3f} M params")
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     ema_u, ema_t = copy.deepcopy(unet).eval(), copy.deepcopy(te).eval()
-    uck = os.path.join(args.work, "ckpt-unet.pt")
-    step, elapsed = 0, 0.0
+    step, elapsed, warm_from = 0, 0.0, 0
     if os.path.exists(uck):
         s = torch.load(uck, weights_only=False)
         unet.load_state_dict(s["unet"]); te.load_state_dict(s["te"]); opt.load_state_dict(s["opt"])
         ema_u.load_state_dict(s["ema_u"]); ema_t.load_state_dict(s["ema_t"])
-        step, elapsed = s["step"], s["elapsed"]
+        step, elapsed, warm_from = s["step"], s["elapsed"], s.get("warm_from", 0)
         segments = s.get("schedules", [[0, "sd"]])
         P(f"unet: resumed at step {step} ({elapsed / 60:.1f} min); schedules so far {segments}")
     else:
@@ -342,7 +383,8 @@ def main():
     def save_unet():
         tmp = uck + ".tmp"
         torch.save(dict(unet=unet.state_dict(), te=te.state_dict(), opt=opt.state_dict(), ema_u=ema_u.state_dict(),
-                        ema_t=ema_t.state_dict(), step=step, elapsed=elapsed, schedules=segments), tmp)
+                        ema_t=ema_t.state_dict(), step=step, elapsed=elapsed, schedules=segments,
+                        warm_from=warm_from), tmp)
         os.replace(tmp, uck)
 
     stop_at = None
@@ -358,6 +400,7 @@ def main():
     v_pred = sched.config.prediction_type == "v_prediction"
     unet.train(); te.train()
     t0 = time.time() - elapsed
+    t_run, step_run = time.time(), step  # this process's rate (a resumed or bundle-started run counts from here)
     last_ck = time.time()
     la = []
     warm = 200
@@ -393,7 +436,7 @@ def main():
         else:
             loss = F.mse_loss(pred, target)
         for g_ in opt.param_groups:
-            g_["lr"] = args.lr * min(1.0, (step + 1) / warm)
+            g_["lr"] = args.lr * min(1.0, (step - warm_from + 1) / warm)
         opt.zero_grad(); loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(); step += 1
@@ -403,7 +446,8 @@ def main():
                 pe.lerp_(p, 1 - dcy)
         la.append(loss.item())
         if step % 100 == 0:
-            P(f"unet step {step} loss {np.mean(la[-100:]):.4f} {step / max(elapsed, 1e-9):.2f} it/s {elapsed / 60:.1f} min")
+            P(f"unet step {step} loss {np.mean(la[-100:]):.4f} {(step - step_run) / max(time.time() - t_run, 1e-9):.2f} it/s "
+              f"{elapsed / 60:.1f} min")
         if time.time() - last_ck > args.ckpt_minutes * 60:
             save_unet(); last_ck = time.time()
     if args.snapshot:
