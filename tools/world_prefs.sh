@@ -6,7 +6,7 @@
 #
 #   tools/world_prefs.sh [BUNDLE=models/world] [OUT=models/world-prefs]
 #   N_TRAIN=400 N_VALIDATION=20 N_TEST=100 N_EVAL=200 PER_PROMPT=4 THREADS=0 (environment overrides;
-#   the shipped set was made with these values and THREADS=1 in 17 min on the 2-core machine)
+#   the shipped set was made with these values and THREADS=2 in 14 min on the 2-core machine)
 #
 # Deterministic: prompts are `dpoimg world prompts --split S --seed 0`, sample seeds
 # `seed + i·K` (`dpoimg world sample`), annotator seed 0. Needs a release build (cargo build
