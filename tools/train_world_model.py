@@ -233,9 +233,15 @@ def main():
     ap.add_argument("--stop-at", default="", help="HH:MM (local) wall-clock deadline for the UNet stage")
     ap.add_argument("--init-bundle", default="", help="start an empty --work from this exported bundle's weights "
                     "(e.g. models/world) instead of from scratch; see init_from_bundle")
-    ap.add_argument("--init-step", type=int, default=0, help="with --init-bundle: the UNet steps the bundle was "
-                    "trained for (its training log says; models/world: 4165)")
+    ap.add_argument("--init-step", type=int, default=None, help="with --init-bundle (required there): the UNet "
+                    "steps the bundle was trained for (its training log says; models/world: 6300)")
     args = ap.parse_args()
+    if args.init_bundle and args.init_step is None:
+        ap.error("--init-bundle needs --init-step N, the UNet steps the bundle was trained for (its training log's "
+                 "'saved ... unet steps N' line; models/world: 6300), so the warm-up and the schedule record "
+                 "continue from there")
+    if args.init_step is not None and not args.init_bundle:
+        ap.error("--init-step only applies with --init-bundle")
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
     os.makedirs(os.path.dirname(args.log), exist_ok=True)
@@ -464,8 +470,9 @@ def main():
                                    unet=unet if raw else ema_u, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out)
+    init = (f"--init-bundle {args.init_bundle} --init-step {args.init_step} " if args.init_bundle else "")
     P(f"saved {out} (vae steps {vstep}, unet steps {step}, scaling_factor {sf:.4f}); reproduce with "
-      f"--vae-steps {vstep} --unet-steps {step}, noise schedules {segments} (step, --noise-schedule)")
+      f"{init}--vae-steps {vstep} --unet-steps {step}, noise schedules {segments} (step, --noise-schedule)")
 
 
 if __name__ == "__main__":

@@ -752,41 +752,40 @@ def reward_scores(model, tok, groups):
     return out
 
 
-def cmd_reward(args):
+def train_reward(args, tok, train, log_prefix="reward"):
+    """A reward model (towers from the CLIP-style weights in --work) trained on `train`'s groups with
+    ImageReward's pairwise loss, -log sigmoid(r_preferred - r_rejected) over every ranked pair."""
     import numpy as np
     import torch
     import torch.nn.functional as F
     t0 = time.time()
     rng = setup(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    tok = Tok(os.path.join(args.clip, "tokenizer.json"))
     clip = make_clip(tok.t.get_vocab_size())
     clip.load_state_dict(torch.load(os.path.join(args.work, "world-clip.pt")))
     model = make_reward(clip)
-    train = load_group_images(read_db(args.db, "train"))
-    test = load_group_images(read_db(args.db, "test"))
-    val = load_group_images(read_db(args.db, "validation"))
     # pairs per group: (i, j) with rank_i < rank_j (ties skipped)
     pairs = [[(i, j) for i in range(len(g)) for j in range(len(g)) if g[i]["rank"] < g[j]["rank"]] for g in train]
     keep = [k for k, p in enumerate(pairs) if p]
-    log(f"reward: start seed={args.seed} train prompts={len(train)} pairs={sum(len(p) for p in pairs)} "
-        f"val={len(val)} test={len(test)}")
-    model.eval()
-    base = dict(test_pair_acc_rank=pair_accuracy(reward_scores(model, tok, test), test, "rank"),
-                test_pair_acc_checker=pair_accuracy(reward_scores(model, tok, test), test, "checker"))
-    log(f"reward: before training (CLIP cosine alone) {base}")
     head = [p for n, p in model.named_parameters() if n.startswith("mlp") or n == "scale"]
     towers = [p for n, p in model.named_parameters() if not (n.startswith("mlp") or n == "scale")]
-    opt = torch.optim.AdamW([{"params": towers, "lr": args.lr * 0.2}, {"params": head, "lr": args.lr}],
-                            weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[args.lr * 0.2, args.lr], total_steps=args.steps,
-                                                pct_start=0.1)
+    # ImageReward fine-tunes BLIP with most of its layers frozen; --tower-lr-scale 0 freezes the towers
+    # whole (the CLIP-style model's ranking stays, the head learns a correction to it)
+    groups, max_lr = [{"params": head, "lr": args.lr}], [args.lr]
+    if args.tower_lr_scale > 0:
+        groups.insert(0, {"params": towers, "lr": args.lr * args.tower_lr_scale})
+        max_lr.insert(0, args.lr * args.tower_lr_scale)
+    else:
+        for p in towers:
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=args.steps, pct_start=0.1)
     model.train()
     for m in model.modules():  # BatchNorm statistics stay those of the CLIP pretraining
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
     for step in range(args.steps):
-        gi = rng.choice(keep, args.groups, replace=False)
+        gi = rng.choice(keep, min(args.groups, len(keep)), replace=False)
         u8 = np.stack([e["u8"] for k in gi for e in train[k]])
         x = normalise(augment(to_unit(u8), gen))
         ids, mask = tok.trimmed([e["prompt"] for k in gi for e in train[k]])
@@ -803,14 +802,56 @@ def cmd_reward(args):
         opt.step()
         sched.step()
         if step % 50 == 0 or step == args.steps - 1:
-            log(f"reward: step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+            log(f"{log_prefix}: step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
     model.eval()
+    return model
+
+
+def reward_cv(args, tok, train):
+    """--cv K: K folds of the train split's prompts; each fold's held-out pairwise accuracy (vs the
+    annotators' ranks) of a model trained on the other folds. Chooses settings without the
+    validation split (20 prompts, too few to rank settings) or the test split."""
+    import numpy as np
+    order = np.random.default_rng(args.seed).permutation(len(train))
+    folds = [order[k::args.cv] for k in range(args.cv)]
+    accs = []
+    for k, held in enumerate(folds):
+        hs = set(int(i) for i in held)
+        tr = [g for i, g in enumerate(train) if i not in hs]
+        te = [train[int(i)] for i in held]
+        model = train_reward(args, tok, tr, log_prefix=f"reward cv {k + 1}/{args.cv}")
+        accs.append(pair_accuracy(reward_scores(model, tok, te), te, "rank"))
+    rec = dict(cv=args.cv, steps=args.steps, lr=args.lr, tower_lr_scale=args.tower_lr_scale, seed=args.seed,
+               fold_pair_acc_rank=accs, mean_pair_acc_rank=float(np.mean(accs)))
+    log(f"reward cv: {json.dumps(rec)}")
+
+
+def cmd_reward(args):
+    import numpy as np
+    import torch
+    t0 = time.time()
+    tok = Tok(os.path.join(args.clip, "tokenizer.json"))
+    train = load_group_images(read_db(args.db, "train"))
+    if args.cv:
+        return reward_cv(args, tok, train)
+    test = load_group_images(read_db(args.db, "test"))
+    val = load_group_images(read_db(args.db, "validation"))
+    setup(args.seed)  # the same initial head as train_reward's
+    clip = make_clip(tok.t.get_vocab_size())
+    clip.load_state_dict(torch.load(os.path.join(args.work, "world-clip.pt")))
+    untrained = make_reward(clip).eval()
+    base = dict(test_pair_acc_rank=pair_accuracy(reward_scores(untrained, tok, test), test, "rank"),
+                test_pair_acc_checker=pair_accuracy(reward_scores(untrained, tok, test), test, "checker"))
+    log(f"reward: start seed={args.seed} train prompts={len(train)} val={len(val)} test={len(test)}; "
+        f"before training (CLIP cosine alone) {base}")
+    model = train_reward(args, tok, train)
     tr_scores = reward_scores(model, tok, train)
     flat = np.concatenate(tr_scores).astype(np.float64)
     mean, std = float(flat.mean()), float(flat.std())
     ts = reward_scores(model, tok, test)
     vs = reward_scores(model, tok, val)
-    rec = dict(seed=args.seed, steps=args.steps, groups_per_step=args.groups, db=args.db,
+    rec = dict(seed=args.seed, steps=args.steps, groups_per_step=args.groups, lr=args.lr,
+               tower_lr_scale=args.tower_lr_scale, db=args.db,
                train_prompts=len(train), test_prompts=len(test),
                test_pair_acc_rank=pair_accuracy(ts, test, "rank"),
                test_pair_acc_checker=pair_accuracy(ts, test, "checker"),
@@ -970,6 +1011,10 @@ def main():
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--groups", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--tower-lr-scale", type=float, default=0.2,
+                   help="the image/text towers' learning rate as a fraction of --lr (0 = frozen)")
+    p.add_argument("--cv", type=int, default=0,
+                   help="K > 1: only report K-fold cross-validated pairwise accuracy on the train split")
     p = common(sub.add_parser("goldens"))
     p.add_argument("--assets", default=os.path.join(REPO, "tests", "assets", "world-judges"))
     p.add_argument("--models", default=os.path.join(REPO, "models"))
