@@ -752,6 +752,16 @@ def reward_scores(model, tok, groups):
     return out
 
 
+def initial_reward(args, tok):
+    """Seeds everything (setup), then builds the reward model's starting point: towers from the
+    CLIP-style weights in --work, a freshly initialised head. Returns it with setup's generator."""
+    import torch
+    rng = setup(args.seed)
+    clip = make_clip(tok.t.get_vocab_size())
+    clip.load_state_dict(torch.load(os.path.join(args.work, "world-clip.pt")))
+    return make_reward(clip), rng
+
+
 def train_reward(args, tok, train, log_prefix="reward"):
     """A reward model (towers from the CLIP-style weights in --work) trained on `train`'s groups with
     ImageReward's pairwise loss, -log sigmoid(r_preferred - r_rejected) over every ranked pair."""
@@ -759,11 +769,8 @@ def train_reward(args, tok, train, log_prefix="reward"):
     import torch
     import torch.nn.functional as F
     t0 = time.time()
-    rng = setup(args.seed)
+    model, rng = initial_reward(args, tok)
     gen = torch.Generator().manual_seed(args.seed)
-    clip = make_clip(tok.t.get_vocab_size())
-    clip.load_state_dict(torch.load(os.path.join(args.work, "world-clip.pt")))
-    model = make_reward(clip)
     # pairs per group: (i, j) with rank_i < rank_j (ties skipped)
     pairs = [[(i, j) for i in range(len(g)) for j in range(len(g)) if g[i]["rank"] < g[j]["rank"]] for g in train]
     keep = [k for k, p in enumerate(pairs) if p]
@@ -830,18 +837,18 @@ def cmd_reward(args):
     import numpy as np
     import torch
     t0 = time.time()
+    if args.cv < 0 or args.cv == 1:
+        sys.exit(f"reward: --cv {args.cv}: K-fold cross-validation needs K >= 2 (e.g. --cv 5); 0 = off")
     tok = Tok(os.path.join(args.clip, "tokenizer.json"))
     train = load_group_images(read_db(args.db, "train"))
     if args.cv:
         return reward_cv(args, tok, train)
     test = load_group_images(read_db(args.db, "test"))
     val = load_group_images(read_db(args.db, "validation"))
-    setup(args.seed)  # the same initial head as train_reward's
-    clip = make_clip(tok.t.get_vocab_size())
-    clip.load_state_dict(torch.load(os.path.join(args.work, "world-clip.pt")))
-    untrained = make_reward(clip).eval()
-    base = dict(test_pair_acc_rank=pair_accuracy(reward_scores(untrained, tok, test), test, "rank"),
-                test_pair_acc_checker=pair_accuracy(reward_scores(untrained, tok, test), test, "checker"))
+    untrained, _ = initial_reward(args, tok)  # train_reward starts from the same weights
+    before = reward_scores(untrained.eval(), tok, test)
+    base = dict(test_pair_acc_rank=pair_accuracy(before, test, "rank"),
+                test_pair_acc_checker=pair_accuracy(before, test, "checker"))
     log(f"reward: start seed={args.seed} train prompts={len(train)} val={len(val)} test={len(test)}; "
         f"before training (CLIP cosine alone) {base}")
     model = train_reward(args, tok, train)
