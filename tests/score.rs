@@ -219,10 +219,10 @@ fn args(list: &[&str], prompts: Option<&Path>, json: bool) -> ScoreArgs {
         args: list.iter().map(|s| s.to_string()).collect(),
         json,
         batch_size: 2,
-        device: dpoimg::runtime::Device::Cpu,
-        threads: 0,
-        ort_lib: None,
-        no_verify: false,
+        rt: dpoimg::engine::RuntimeFlags {
+            device: dpoimg::runtime::Device::Cpu,
+            ..Default::default()
+        },
     }
 }
 

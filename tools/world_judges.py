@@ -851,7 +851,9 @@ def cmd_reward(args):
                 test_pair_acc_checker=pair_accuracy(before, test, "checker"))
     log(f"reward: start seed={args.seed} train prompts={len(train)} val={len(val)} test={len(test)}; "
         f"before training (CLIP cosine alone) {base}")
+    t_train = time.time()
     model = train_reward(args, tok, train)
+    train_s = time.time() - t_train
     tr_scores = reward_scores(model, tok, train)
     flat = np.concatenate(tr_scores).astype(np.float64)
     mean, std = float(flat.mean()), float(flat.std())
@@ -866,7 +868,10 @@ def cmd_reward(args):
                before_training=base, score_mean=mean, score_std=std)
     # the annotators themselves vs the checker order (the ceiling a rank-trained model is measured against)
     rec["test_annotator_vs_checker"] = pair_accuracy([[-e["rank"] for e in g] for g in test], test, "checker")
-    rec["train_seconds"] = round(time.time() - t0, 1)
+    # training alone; total_seconds adds image loading and the before/after scoring (session 9's
+    # logged train_seconds, 52.0, was that total)
+    rec["train_seconds"] = round(train_s, 1)
+    rec["total_seconds"] = round(time.time() - t0, 1)
     os.makedirs(args.out, exist_ok=True)
     for f in os.listdir(args.out):
         os.remove(os.path.join(args.out, f))
@@ -1015,7 +1020,7 @@ def main():
     p.add_argument("--db", required=True)
     p.add_argument("--clip", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=150, help="150 = the shipped models/world-reward")
     p.add_argument("--groups", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tower-lr-scale", type=float, default=0.2,

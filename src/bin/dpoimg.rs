@@ -2,9 +2,10 @@
 
 use clap::{Args, Parser, Subcommand};
 use dpoimg::bundle::{Bundle, Verify};
+use dpoimg::engine::RuntimeFlags;
 use dpoimg::lora::AdapterRef;
 use dpoimg::provenance::{read_png_text, write_png, AdapterRecord, Origin, Provenance};
-use dpoimg::runtime::{Device, GraphOptimization, Runtime, SessionOptions};
+use dpoimg::runtime::{GraphOptimization, Runtime};
 use dpoimg::scheduler::SamplerKind;
 use dpoimg::{CancelToken, Engine, EngineError, EngineOptions, GenerateRequest, Stage};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -85,21 +86,11 @@ enum AdapterCommand {
 
 #[derive(Args, Clone)]
 struct RuntimeArgs {
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: Device,
-    /// ONNX Runtime intra-op threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    flags: RuntimeFlags,
     /// ONNX Runtime graph optimisation: disable, basic, extended, all.
     #[arg(long, default_value = "all")]
     ort_opt: GraphOptimization,
-    /// Path to libonnxruntime (else DPOIMG_ORT_LIB, ORT_DYLIB_PATH, next to the binary, .ort/lib, Python onnxruntime).
-    #[arg(long)]
-    ort_lib: Option<PathBuf>,
-    /// Skip the sha256 check of every bundle file (existence and paths are still checked).
-    #[arg(long)]
-    no_verify: bool,
 }
 
 #[derive(Args)]
@@ -207,20 +198,9 @@ fn default_bundle() -> PathBuf {
 }
 
 fn engine_options(rt: &RuntimeArgs) -> EngineOptions {
-    EngineOptions {
-        session: SessionOptions {
-            device: rt.device,
-            intra_threads: rt.threads,
-            inter_threads: 0,
-            optimization: rt.ort_opt,
-        },
-        verify: if rt.no_verify {
-            Verify::Quick
-        } else {
-            Verify::Full
-        },
-        ort_library: rt.ort_lib.clone(),
-    }
+    let mut o = rt.flags.engine_options();
+    o.session.optimization = rt.ort_opt;
+    o
 }
 
 /// `PATH[:STRENGTH]` ([`dpoimg::lora::split_adapter_arg`]) with a finite strength.
@@ -346,7 +326,6 @@ fn remote_dispatch(
     let mut out = std::io::stdout().lock();
     Ok(match command {
         Command::Generate(a) => {
-            let mut ignored = Vec::new();
             if a.init_latents.is_some() {
                 return Ok(Err(Failure::Message(
                     "--init-latents cannot go to dpoimgd (it takes no latents): drop --socket to run locally".into(),
@@ -357,16 +336,9 @@ fn remote_dispatch(
                     "--save-latents cannot go to dpoimgd (it returns images only): drop --socket to run locally".into(),
                 )));
             }
-            for (flag, given) in [
-                ("--device", a.rt.device != Device::Auto),
-                ("--threads", a.rt.threads != 0),
-                ("--ort-opt", a.rt.ort_opt != GraphOptimization::All),
-                ("--ort-lib", a.rt.ort_lib.is_some()),
-                ("--no-verify", a.rt.no_verify),
-            ] {
-                if given {
-                    ignored.push(flag);
-                }
+            let mut ignored = a.rt.flags.given();
+            if a.rt.ort_opt != GraphOptimization::All {
+                ignored.push("--ort-opt");
             }
             if !ignored.is_empty() {
                 eprintln!(
@@ -395,16 +367,10 @@ fn remote_dispatch(
                 .map_err(Failure::from)
         }
         Command::Score(a) => {
-            let ignored: Vec<&str> = [
-                ("--device", a.device != Device::Auto),
-                ("--threads", a.threads != 0),
-                ("--batch-size", a.batch_size != 8),
-                ("--ort-lib", a.ort_lib.is_some()),
-                ("--no-verify", a.no_verify),
-            ]
-            .into_iter()
-            .filter_map(|(f, given)| given.then_some(f))
-            .collect();
+            let mut ignored = a.rt.given();
+            if a.batch_size != 8 {
+                ignored.push("--batch-size");
+            }
             if !ignored.is_empty() {
                 eprintln!(
                     "dpoimg: warning: {} ignored with --socket (the daemon's reward settings apply)",
@@ -568,12 +534,7 @@ fn info(path: Option<PathBuf>, rt: &RuntimeArgs) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    let verify = if rt.no_verify {
-        Verify::Quick
-    } else {
-        Verify::Full
-    };
-    let b = Bundle::open(&path, verify).map_err(|e| e.to_string())?;
+    let b = Bundle::open(&path, rt.flags.verify()).map_err(|e| e.to_string())?;
     let m = b.manifest();
     println!("bundle      {} ({})", b.dir().display(), m.name);
     println!(
@@ -612,13 +573,13 @@ fn info(path: Option<PathBuf>, rt: &RuntimeArgs) -> Result<(), Failure> {
     println!(
         "files       {} ({})",
         m.files.len(),
-        if rt.no_verify {
+        if rt.flags.no_verify {
             "not hashed"
         } else {
             "sha256 verified"
         }
     );
-    match Runtime::get(rt.ort_lib.as_deref()) {
+    match Runtime::get(rt.flags.ort_lib.as_deref()) {
         Ok(r) => println!(
             "onnxruntime {} ({:?}); CUDA provider {}",
             r.library().path.display(),

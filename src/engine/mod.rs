@@ -1,10 +1,12 @@
 //! The generation engine: one immutable [`Engine`] per bundle, shared across threads, serving
 //! per-request options.
 
+mod flags;
 mod generate;
 mod models;
 mod request;
 
+pub use flags::RuntimeFlags;
 pub use generate::{BatchKey, Generated, Image, Timings};
 pub use request::{GenerateRequest, Progress, Stage};
 

@@ -12,11 +12,9 @@ use super::{
     apply_votes, blind_export, parse_arm, read_prompts, read_report, write_outputs, EvalConfig,
     EvalError, ImageScorer, SetMetric,
 };
-use crate::bundle::Verify;
 use crate::cancel::CancelToken;
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::{Engine, RuntimeFlags};
 use crate::metrics::{ClipScorer, FeatureStats, InceptionExtractor};
-use crate::runtime::{Device, SessionOptions};
 use crate::scheduler::SamplerKind;
 use crate::score::{load_image, RewardModel, RgbRef, ScoreOptions};
 use std::path::PathBuf;
@@ -87,17 +85,8 @@ pub struct EvalArgs {
     /// Output directory (eval.json, report.html, images/, grids/).
     #[arg(short, long, default_value = "eval")]
     pub output: PathBuf,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: Device,
-    /// ONNX Runtime intra-op threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    #[arg(long)]
-    pub ort_lib: Option<PathBuf>,
-    /// Skip the sha256 check of every bundle file.
-    #[arg(long)]
-    pub no_verify: bool,
+    #[command(flatten)]
+    pub rt: RuntimeFlags,
 }
 
 /// Runs `dpoimg eval`; progress lines go to stderr, the output paths to stdout.
@@ -124,20 +113,10 @@ pub fn run(
         .iter()
         .map(|a| parse_arm(a))
         .collect::<Result<Vec<_>, _>>()?;
-    let verify = if args.no_verify {
-        Verify::Quick
-    } else {
-        Verify::Full
-    };
-    let session = SessionOptions {
-        device: args.device,
-        intra_threads: args.threads,
-        ..SessionOptions::default()
-    };
     let score_options = ScoreOptions {
-        session: session.clone(),
-        verify,
-        ort_library: args.ort_lib.clone(),
+        session: args.rt.session(),
+        verify: args.rt.verify(),
+        ort_library: args.rt.ort_lib.clone(),
         ..ScoreOptions::default()
     };
     // Open the metric models before generating anything: a wrong bundle fails fast.
@@ -185,18 +164,11 @@ pub fn run(
         });
     }
     let bundle = args.bundle.clone().unwrap_or(default_bundle);
-    let engine = Engine::open(
-        &bundle,
-        &EngineOptions {
-            session,
-            verify,
-            ort_library: args.ort_lib.clone(),
-        },
-    )
-    .map_err(|source| EvalError::Generate {
-        what: format!("opening bundle {}", bundle.display()),
-        source: Box::new(source),
-    })?;
+    let engine =
+        Engine::open(&bundle, &args.rt.engine_options()).map_err(|source| EvalError::Generate {
+            what: format!("opening bundle {}", bundle.display()),
+            source: Box::new(source),
+        })?;
     let mut cfg = EvalConfig::new(prompts, arms, &args.output);
     cfg.images_per_prompt = args.images_per_prompt;
     cfg.seed = args.seed;

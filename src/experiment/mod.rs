@@ -258,10 +258,11 @@ pub fn run(
         votes: None,
         key: None,
         output: eval_dir.clone(),
-        device: cfg.onnx_device()?,
-        threads: cfg.threads,
-        ort_lib: None,
-        no_verify: false,
+        rt: crate::engine::RuntimeFlags {
+            device: cfg.onnx_device()?,
+            threads: cfg.threads,
+            ..Default::default()
+        },
     };
     crate::eval::cli::run(&args, cfg.bundle.clone(), cancel).map_err(|e| match e {
         crate::eval::EvalError::Cancelled => ExperimentError::Cancelled,

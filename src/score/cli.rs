@@ -12,8 +12,7 @@
 //! and every line a file: a mismatch is an error listing the files, never a silent skip.
 
 use super::{load_image, RewardModel, RgbRef, ScoreError, ScoreOptions};
-use crate::bundle::Verify;
-use crate::runtime::{Device, SessionOptions};
+use crate::engine::RuntimeFlags;
 use clap::builder::TypedValueParser as _;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -44,18 +43,8 @@ pub struct ScoreArgs {
     /// Images per ONNX Runtime run.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: Device,
-    /// ONNX Runtime intra-op threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Path to libonnxruntime.
-    #[arg(long)]
-    pub ort_lib: Option<PathBuf>,
-    /// Skip the sha256 check of the bundle's files.
-    #[arg(long)]
-    pub no_verify: bool,
+    #[command(flatten)]
+    pub rt: RuntimeFlags,
 }
 
 /// One scored image.
@@ -311,17 +300,9 @@ pub fn run(args: &ScoreArgs, out: &mut dyn Write) -> Result<(), ScoreError> {
     }
     let jobs = collect_jobs(args)?;
     let options = ScoreOptions {
-        session: SessionOptions {
-            device: args.device,
-            intra_threads: args.threads,
-            ..Default::default()
-        },
-        verify: if args.no_verify {
-            Verify::Quick
-        } else {
-            Verify::Full
-        },
-        ort_library: args.ort_lib.clone(),
+        session: args.rt.session(),
+        verify: args.rt.verify(),
+        ort_library: args.rt.ort_lib.clone(),
         batch_size: args.batch_size,
     };
     options.check()?;

@@ -30,12 +30,10 @@
 use super::cli::parse_split;
 use super::scene::{PromptSampler, Scene, Split};
 use super::WorldError;
-use crate::bundle::Verify;
 use crate::cancel::CancelToken;
-use crate::engine::{Engine, EngineError, EngineOptions, GenerateRequest, Stage};
+use crate::engine::{Engine, EngineError, GenerateRequest, RuntimeFlags, Stage};
 use crate::lora::AdapterRef;
 use crate::provenance::{write_png, AdapterRecord, Origin, Provenance};
-use crate::runtime::{Device, SessionOptions};
 use crate::scheduler::SamplerKind;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -87,18 +85,8 @@ pub struct SampleArgs {
     /// PATH[:STRENGTH] (strength defaults to 1), repeatable; several are composed.
     #[arg(long = "adapter")]
     pub adapters: Vec<String>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: Device,
-    /// ONNX Runtime intra-op threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Path to libonnxruntime (else the usual search, as `dpoimg generate`).
-    #[arg(long)]
-    pub ort_lib: Option<PathBuf>,
-    /// Skip the sha256 check of every bundle file.
-    #[arg(long)]
-    pub no_verify: bool,
+    #[command(flatten)]
+    pub rt: RuntimeFlags,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -212,26 +200,11 @@ pub fn run(args: &SampleArgs, out: &mut dyn Write, cancel: &CancelToken) -> Resu
     let list = prompts(args)?;
     std::fs::create_dir_all(&args.output)
         .map_err(|e| WorldError::io("create folder", &args.output, e))?;
-    let engine = Engine::open(
-        &args.bundle,
-        &EngineOptions {
-            session: SessionOptions {
-                device: args.device,
-                intra_threads: args.threads,
-                ..SessionOptions::default()
-            },
-            verify: if args.no_verify {
-                Verify::Quick
-            } else {
-                Verify::Full
-            },
-            ort_library: args.ort_lib.clone(),
-        },
-    )
-    .map_err(|e| WorldError::Engine {
-        what: format!("opening bundle {}", args.bundle.display()),
-        source: Box::new(e),
-    })?;
+    let engine =
+        Engine::open(&args.bundle, &args.rt.engine_options()).map_err(|e| WorldError::Engine {
+            what: format!("opening bundle {}", args.bundle.display()),
+            source: Box::new(e),
+        })?;
     let adapters = args
         .adapters
         .iter()
