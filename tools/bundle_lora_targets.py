@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""A copy of a bundle whose UNet graph takes LoRA on other linear modules; the weights are unchanged.
+
+    python tools/bundle_lora_targets.py SRC_BUNDLE OUT_DIR --lora-targets to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2
+
+Why: a bundle's unet.onnx has LoRA inputs only for the modules it was exported with (bundle.json
+`unet.lora`), so an adapter trained on other targets (`dpoimg-finetune --targets`) cannot be sampled
+with it. When the diffusers folder the bundle came from is gone (the shipped world model exists only
+as its bundle), this rebuilds the UNet from the bundle's own unet_config.json + unet.safetensors,
+exports it again with tools/export_bundle.py's exporter and checks, and copies every other file. The
+new graph is checked against torch (no LoRA and a rank-3 LoRA on every target, two latent sizes);
+bundle.json is written last, so a failed run leaves no bundle. Session 12 used it for a pilot
+(tools/logs/world_s12_pilots.json: models/world with 111 LoRA modules; zero-adapter samples equal to
+the original's bit for bit).
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import export_bundle as eb  # noqa: E402
+from _common import DEFAULT_LORA_TARGETS, lora_target_modules, sha256_file, write_json  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", help="an exported bundle directory (bundle.json)")
+    ap.add_argument("out", help="new bundle directory (must not be SRC)")
+    ap.add_argument("--lora-targets", default=",".join(DEFAULT_LORA_TARGETS),
+                    help="comma-separated module-name suffixes, matched as peft's target_modules")
+    ap.add_argument("--name", help="bundle name (default: SRC's name + '-lora')")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    if os.path.realpath(args.src) == os.path.realpath(args.out):
+        sys.exit("OUT must differ from SRC: the source bundle is never modified")
+    targets = tuple(t for t in args.lora_targets.split(",") if t)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    with open(os.path.join(args.src, "bundle.json"), encoding="utf-8") as f:
+        bundle = json.load(f)
+    for f in bundle["files"]:
+        if sha256_file(os.path.join(args.src, f)) != bundle["files"][f]:
+            sys.exit(f"{args.src}/{f}: sha256 differs from bundle.json; the source bundle is damaged")
+    unet_cfg_path = os.path.join(args.src, bundle["unet"]["config"])
+    with open(unet_cfg_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    unet = UNet2DConditionModel.from_config(cfg).eval()
+    unet.load_state_dict(load_file(os.path.join(args.src, bundle["unet"]["weights"])))
+    modules = lora_target_modules(unet, targets)
+    if not modules:
+        sys.exit(f"no linear UNet module ends with one of {targets}")
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n, _ in modules)]
+    if missing:
+        sys.exit(f"targets {missing} match no linear UNet module (1x1 and 3x3 convolutions take no LoRA input)")
+
+    os.makedirs(args.out, exist_ok=True)
+    if os.path.exists(os.path.join(args.out, "bundle.json")):
+        os.remove(os.path.join(args.out, "bundle.json"))
+    onnx_name = bundle["unet"]["onnx"]
+    for f in bundle["files"]:
+        if f != onnx_name and not f.startswith(onnx_name + "."):
+            shutil.copyfile(os.path.join(args.src, f), os.path.join(args.out, f))
+
+    names, zeros, dyn = [], [], {}
+    for mname, lin in modules:
+        for part, shape, axis in (("lora_A", (0, lin.in_features), 0), ("lora_B", (lin.out_features, 0), 1)):
+            n = f"{mname}.{part}.weight"
+            names.append(n)
+            zeros.append((n, np.zeros(shape, np.float32)))
+            dyn[n] = {axis: "lora_rank"}
+    wrapper = eb._UNetWithLoraInputs(unet, modules).eval()
+    C, X = cfg["in_channels"], cfg["cross_attention_dim"]
+    L = bundle["text_encoder"]["max_length"]
+    sm = 2 ** (len(cfg["block_out_channels"]) - 1)
+    h = 4 * sm + 1  # not a multiple of the up factor: the traced graph then fits every size (export_bundle)
+    lora_ex = eb._random_lora(modules, rank=2, scale=0.2, seed=1)
+    lora_val = eb._random_lora(modules, rank=3, scale=0.3, seed=2)
+    ex = (torch.randn(2, C, h, h), torch.tensor([999.0, 10.5]), torch.randn(2, L, X))
+    alt = (torch.randn(1, C, 2 * sm, 3 * sm), torch.tensor([500.0]), torch.randn(1, L, X))
+    refs = eb._torch_refs(wrapper, [ex, (*ex, *lora_val), (*alt, *lora_val)])
+    dyn.update({"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+                "encoder_hidden_states": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}})
+    path = os.path.join(args.out, onnx_name)
+    with tempfile.TemporaryDirectory(dir=args.out, prefix=".export-") as tmp:
+        files = eb._export(wrapper, (*ex, *lora_ex), path, tmp,
+                           ["sample", "timestep", "encoder_hidden_states", *names], ["out_sample"], dyn, 17,
+                           extra_initializers=zeros)
+    base = ["sample", "timestep", "encoder_hidden_states"]
+    feed = {n: t.numpy() for n, t in zip(names, lora_val)}
+    eb._validate("unet", path, [
+        (f"no LoRA feeds, {tuple(ex[0].shape)}", dict(zip(base, (t.numpy() for t in ex)))),
+        (f"rank-3 LoRA feeds, {tuple(ex[0].shape)}", dict(zip(base, (t.numpy() for t in ex)), **feed)),
+        (f"rank-3 LoRA feeds, {tuple(alt[0].shape)}", dict(zip(base, (t.numpy() for t in alt)), **feed)),
+    ], refs, 1e-4)
+    wrapper.remove_hooks()
+
+    bundle["name"] = args.name or bundle["name"] + "-lora"
+    bundle["unet"]["lora"] = {
+        "targets": list(targets),
+        "modules": [{"name": n, "in_features": m.in_features, "out_features": m.out_features} for n, m in modules],
+    }
+    kept = {f: h for f, h in bundle["files"].items() if f != onnx_name and not f.startswith(onnx_name + ".")}
+    bundle["files"] = dict(sorted({**kept, **{f: sha256_file(os.path.join(args.out, f)) for f in files}}.items()))
+    write_json(os.path.join(args.out, "bundle.json"), bundle, indent=2)
+    share = sum(m.weight.numel() for _, m in modules) / sum(p.numel() for p in unet.parameters())
+    print(f"{args.out}: {len(modules)} LoRA modules ({share:.1%} of the UNet's parameters adaptable)")
+
+
+if __name__ == "__main__":
+    main()
