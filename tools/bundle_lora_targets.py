@@ -20,7 +20,6 @@ import shutil
 import sys
 import tempfile
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -70,13 +69,7 @@ def main(argv=None):
         if f != onnx_name and not f.startswith(onnx_name + "."):
             shutil.copyfile(os.path.join(args.src, f), os.path.join(args.out, f))
 
-    names, zeros, dyn = [], [], {}
-    for mname, lin in modules:
-        for part, shape, axis in (("lora_A", (0, lin.in_features), 0), ("lora_B", (lin.out_features, 0), 1)):
-            n = f"{mname}.{part}.weight"
-            names.append(n)
-            zeros.append((n, np.zeros(shape, np.float32)))
-            dyn[n] = {axis: "lora_rank"}
+    names, zeros, dyn = eb.lora_graph_inputs(modules)
     wrapper = eb._UNetWithLoraInputs(unet, modules).eval()
     C, X = cfg["in_channels"], cfg["cross_attention_dim"]
     L = bundle["text_encoder"]["max_length"]

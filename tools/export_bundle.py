@@ -264,13 +264,7 @@ def export_bundle(diffusers_dir, out_dir, dtype="fp32", name=None, lora_targets=
         modules = lora_target_modules(unet, lora_targets)
         if not modules:
             raise SystemExit(f"no UNet module ends with one of {lora_targets}")
-        lora_names, lora_zero, dyn = [], [], {}
-        for mname, lin in modules:
-            for part, shape, axis in (("lora_A", (0, lin.in_features), 0), ("lora_B", (lin.out_features, 0), 1)):
-                n = f"{mname}.{part}.weight"
-                lora_names.append(n)
-                lora_zero.append((n, np.zeros(shape, np.float32)))
-                dyn[n] = {axis: "lora_rank"}
+        lora_names, lora_zero, dyn = lora_graph_inputs(modules)
         wrapper = _UNetWithLoraInputs(unet, modules).eval()
         C, X = ucfg.in_channels, ucfg.cross_attention_dim
         # The example latent side is NOT a multiple of the UNet's overall up factor: diffusers then
@@ -379,6 +373,20 @@ def export_bundle(diffusers_dir, out_dir, dtype="fp32", name=None, lora_targets=
     total = sum(os.path.getsize(os.path.join(out_dir, f)) for f in bundle["files"])
     print(f"[export] bundle.json written ({len(bundle['files'])} files, {total:,} B) in {time.time() - t_all:.1f}s")
     return bundle
+
+
+def lora_graph_inputs(modules):
+    """The UNet graph's LoRA inputs for `modules` ([(name, nn.Linear)]): their names
+    (`<module>.lora_A.weight`, `<module>.lora_B.weight`, in module order), zero-rank default
+    initializers, and dynamic axes (the rank)."""
+    names, zeros, dyn = [], [], {}
+    for mname, lin in modules:
+        for part, shape, axis in (("lora_A", (0, lin.in_features), 0), ("lora_B", (lin.out_features, 0), 1)):
+            n = f"{mname}.{part}.weight"
+            names.append(n)
+            zeros.append((n, np.zeros(shape, np.float32)))
+            dyn[n] = {axis: "lora_rank"}
+    return names, zeros, dyn
 
 
 def _random_lora(modules, rank, scale, seed):
