@@ -8,7 +8,7 @@ Why: a bundle's unet.onnx has LoRA inputs only for the modules it was exported w
 with it. When the diffusers folder the bundle came from is gone (the shipped world model exists only
 as its bundle), this rebuilds the UNet from the bundle's own unet_config.json + unet.safetensors,
 exports it again with tools/export_bundle.py's exporter and checks, and copies every other file. The
-new graph is checked against torch (no LoRA and a rank-3 LoRA on every target, two latent sizes);
+new graph is checked against torch as export_bundle.py checks it (with and without LoRA, three sizes);
 bundle.json is written last, so a failed run leaves no bundle. Session 12 used it for a pilot
 (tools/logs/world_s12_pilots.json: models/world with 111 LoRA modules; zero-adapter samples equal to
 the original's bit for bit).
@@ -65,43 +65,19 @@ def main(argv=None):
     if os.path.exists(os.path.join(args.out, "bundle.json")):
         os.remove(os.path.join(args.out, "bundle.json"))
     onnx_name = bundle["unet"]["onnx"]
-    for f in bundle["files"]:
-        if f != onnx_name and not f.startswith(onnx_name + "."):
-            shutil.copyfile(os.path.join(args.src, f), os.path.join(args.out, f))
+    kept = {f: h for f, h in bundle["files"].items() if f != onnx_name and not f.startswith(onnx_name + ".")}
+    for f in kept:
+        shutil.copyfile(os.path.join(args.src, f), os.path.join(args.out, f))
 
-    names, zeros, dyn = eb.lora_graph_inputs(modules)
-    wrapper = eb._UNetWithLoraInputs(unet, modules).eval()
-    C, X = cfg["in_channels"], cfg["cross_attention_dim"]
-    L = bundle["text_encoder"]["max_length"]
-    sm = 2 ** (len(cfg["block_out_channels"]) - 1)
-    h = 4 * sm + 1  # not a multiple of the up factor: the traced graph then fits every size (export_bundle)
-    lora_ex = eb._random_lora(modules, rank=2, scale=0.2, seed=1)
-    lora_val = eb._random_lora(modules, rank=3, scale=0.3, seed=2)
-    ex = (torch.randn(2, C, h, h), torch.tensor([999.0, 10.5]), torch.randn(2, L, X))
-    alt = (torch.randn(1, C, 2 * sm, 3 * sm), torch.tensor([500.0]), torch.randn(1, L, X))
-    refs = eb._torch_refs(wrapper, [ex, (*ex, *lora_val), (*alt, *lora_val)])
-    dyn.update({"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
-                "encoder_hidden_states": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}})
     path = os.path.join(args.out, onnx_name)
     with tempfile.TemporaryDirectory(dir=args.out, prefix=".export-") as tmp:
-        files = eb._export(wrapper, (*ex, *lora_ex), path, tmp,
-                           ["sample", "timestep", "encoder_hidden_states", *names], ["out_sample"], dyn, 17,
-                           extra_initializers=zeros)
-    base = ["sample", "timestep", "encoder_hidden_states"]
-    feed = {n: t.numpy() for n, t in zip(names, lora_val)}
-    eb._validate("unet", path, [
-        (f"no LoRA feeds, {tuple(ex[0].shape)}", dict(zip(base, (t.numpy() for t in ex)))),
-        (f"rank-3 LoRA feeds, {tuple(ex[0].shape)}", dict(zip(base, (t.numpy() for t in ex)), **feed)),
-        (f"rank-3 LoRA feeds, {tuple(alt[0].shape)}", dict(zip(base, (t.numpy() for t in alt)), **feed)),
-    ], refs, 1e-4)
-    wrapper.remove_hooks()
+        files, _ = eb.export_unet(unet, modules, bundle["text_encoder"]["max_length"], path, tmp, 17, 1e-4)
 
     bundle["name"] = args.name or bundle["name"] + "-lora"
     bundle["unet"]["lora"] = {
         "targets": list(targets),
         "modules": [{"name": n, "in_features": m.in_features, "out_features": m.out_features} for n, m in modules],
     }
-    kept = {f: h for f, h in bundle["files"].items() if f != onnx_name and not f.startswith(onnx_name + ".")}
     bundle["files"] = dict(sorted({**kept, **{f: sha256_file(os.path.join(args.out, f)) for f in files}}.items()))
     write_json(os.path.join(args.out, "bundle.json"), bundle, indent=2)
     share = sum(m.weight.numel() for _, m in modules) / sum(p.numel() for p in unet.parameters())

@@ -264,41 +264,11 @@ def export_bundle(diffusers_dir, out_dir, dtype="fp32", name=None, lora_targets=
         modules = lora_target_modules(unet, lora_targets)
         if not modules:
             raise SystemExit(f"no UNet module ends with one of {lora_targets}")
-        lora_names, lora_zero, dyn = lora_graph_inputs(modules)
-        wrapper = _UNetWithLoraInputs(unet, modules).eval()
-        C, X = ucfg.in_channels, ucfg.cross_attention_dim
-        # The example latent side is NOT a multiple of the UNet's overall up factor: diffusers then
-        # passes each skip connection's size to the upsamplers (`forward_upsample_size`), and the
-        # traced graph resizes to those sizes instead of a fixed 2x. That graph is exact for every
-        # latent size, so images need only be multiples of the VAE factor (`sample_multiple` = 1).
-        h = 4 * sample_multiple + 1
-        # Export with a small non-zero rank so that the traced graph keeps the LoRA branch.
-        lora_ex = _random_lora(modules, rank=2, scale=0.2, seed=1)
-        lora_val = _random_lora(modules, rank=3, scale=0.3, seed=2)
-        ex = (torch.randn(2, C, h, h), torch.tensor([999.0, 10.5]), torch.randn(2, max_length, X))
-        alt = (torch.randn(1, C, 2 * sample_multiple, 3 * sample_multiple), torch.tensor([500.0]),
-               torch.randn(1, max_length, X))
-        odd = (torch.randn(1, C, 3 * sample_multiple - 1, 2 * sample_multiple + 3), torch.tensor([250.0]),
-               torch.randn(1, max_length, X))
-        refs = _torch_refs(wrapper, [ex, (*alt, *lora_val), (*ex, *lora_val), odd])
-        effect = max_abs_diff(refs[2][0], refs[0][0])
         path = os.path.join(out_dir, "unet.onnx")
-        dyn.update({"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
-                    "encoder_hidden_states": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}})
-        files += _export(wrapper, (*ex, *lora_ex), path, tmp,
-                         ["sample", "timestep", "encoder_hidden_states", *lora_names], ["out_sample"], dyn, opset,
-                         extra_initializers=lora_zero, fp16=half)
-        base = ["sample", "timestep", "encoder_hidden_states"]
-        lora_feed = {n: t.numpy() for n, t in zip(lora_names, lora_val)}
-        _validate("unet", path, [
-            (f"no LoRA feeds, {tuple(ex[0].shape)}", dict(zip(base, (t.numpy() for t in ex)))),
-            (f"rank-3 LoRA feeds, {tuple(alt[0].shape)}", dict(zip(base, (t.numpy() for t in alt)), **lora_feed)),
-            (f"rank-3 LoRA feeds, {tuple(ex[0].shape)}", dict(zip(base, (t.numpy() for t in ex)), **lora_feed)),
-            (f"no LoRA feeds, {tuple(odd[0].shape)}", dict(zip(base, (t.numpy() for t in odd)))),
-        ], refs, tol)
+        unet_files, effect = export_unet(unet, modules, max_length, path, tmp, opset, tol, fp16=half)
+        files += unet_files
         print(f"  unet.onnx in {time.time() - t0:.1f}s: {len(modules)} LoRA modules, test adapter moves "
               f"the output by {effect:.3e}")
-        wrapper.remove_hooks()
 
         # ---- VAE --------------------------------------------------------------------------------------
         t0 = time.time()
@@ -373,6 +343,47 @@ def export_bundle(diffusers_dir, out_dir, dtype="fp32", name=None, lora_targets=
     total = sum(os.path.getsize(os.path.join(out_dir, f)) for f in bundle["files"])
     print(f"[export] bundle.json written ({len(bundle['files'])} files, {total:,} B) in {time.time() - t_all:.1f}s")
     return bundle
+
+
+def export_unet(unet, modules, max_length, path, tmpdir, opset, tol, fp16=False):
+    """`unet` as an ONNX graph at `path` with LoRA inputs for `modules` (lora_target_modules order),
+    checked against torch with and without LoRA feeds at three latent sizes; returns (the files
+    written, relative to path's folder; how far a rank-3 test adapter moves the output)."""
+    ucfg = unet.config
+    sample_multiple = 2 ** (len(ucfg.block_out_channels) - 1)
+    lora_names, lora_zero, dyn = lora_graph_inputs(modules)
+    wrapper = _UNetWithLoraInputs(unet, modules).eval()
+    C, X = ucfg.in_channels, ucfg.cross_attention_dim
+    # The example latent side is NOT a multiple of the UNet's overall up factor: diffusers then
+    # passes each skip connection's size to the upsamplers (`forward_upsample_size`), and the
+    # traced graph resizes to those sizes instead of a fixed 2x. That graph is exact for every
+    # latent size, so images need only be multiples of the VAE factor (`sample_multiple` = 1).
+    h = 4 * sample_multiple + 1
+    # Export with a small non-zero rank so that the traced graph keeps the LoRA branch.
+    lora_ex = _random_lora(modules, rank=2, scale=0.2, seed=1)
+    lora_val = _random_lora(modules, rank=3, scale=0.3, seed=2)
+    ex = (torch.randn(2, C, h, h), torch.tensor([999.0, 10.5]), torch.randn(2, max_length, X))
+    alt = (torch.randn(1, C, 2 * sample_multiple, 3 * sample_multiple), torch.tensor([500.0]),
+           torch.randn(1, max_length, X))
+    odd = (torch.randn(1, C, 3 * sample_multiple - 1, 2 * sample_multiple + 3), torch.tensor([250.0]),
+           torch.randn(1, max_length, X))
+    refs = _torch_refs(wrapper, [ex, (*alt, *lora_val), (*ex, *lora_val), odd])
+    effect = max_abs_diff(refs[2][0], refs[0][0])
+    dyn.update({"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+                "encoder_hidden_states": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}})
+    files = _export(wrapper, (*ex, *lora_ex), path, tmpdir,
+                    ["sample", "timestep", "encoder_hidden_states", *lora_names], ["out_sample"], dyn, opset,
+                    extra_initializers=lora_zero, fp16=fp16)
+    base = ["sample", "timestep", "encoder_hidden_states"]
+    lora_feed = {n: t.numpy() for n, t in zip(lora_names, lora_val)}
+    _validate("unet", path, [
+        (f"no LoRA feeds, {tuple(ex[0].shape)}", dict(zip(base, (t.numpy() for t in ex)))),
+        (f"rank-3 LoRA feeds, {tuple(alt[0].shape)}", dict(zip(base, (t.numpy() for t in alt)), **lora_feed)),
+        (f"rank-3 LoRA feeds, {tuple(ex[0].shape)}", dict(zip(base, (t.numpy() for t in ex)), **lora_feed)),
+        (f"no LoRA feeds, {tuple(odd[0].shape)}", dict(zip(base, (t.numpy() for t in odd)))),
+    ], refs, tol)
+    wrapper.remove_hooks()
+    return files, effect
 
 
 def lora_graph_inputs(modules):
