@@ -7,6 +7,7 @@
 //! FlashAttention recipe, here with whole key rows per block).
 
 use super::super::AttnDims;
+use super::fastmath::{exp_rows, softmax_rows};
 use super::gemm::{sgemm, View, ViewMut};
 use super::SyncPtr;
 use rayon::prelude::*;
@@ -90,17 +91,9 @@ pub(super) fn forward(q: &[f32], k: &[f32], v: &[f32], d: &AttnDims) -> (Vec<f32
         // b in `o` (columns h·d..(h+1)·d) and the matching entries of `lse`: disjoint across tasks.
         unsafe {
             let mut p = scores(d, q, k, b, h, n0, rows);
-            for (i, row) in p.chunks_mut(m).enumerate() {
-                let mx = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-                let mut sum = 0f64;
-                for x in row.iter_mut() {
-                    *x = (*x - mx).exp();
-                    sum += *x as f64;
-                }
-                let inv = (1.0 / sum) as f32;
-                row.iter_mut().for_each(|x| *x *= inv);
-                *lp.get().add((b * d.heads + h) * n + n0 + i) = mx + (sum as f32).ln();
-            }
+            let lse_blk =
+                std::slice::from_raw_parts_mut(lp.get().add((b * d.heads + h) * n + n0), rows);
+            softmax_rows(&mut p, m, lse_blk);
             sgemm(
                 rows,
                 d.dim_head,
@@ -193,10 +186,8 @@ pub(super) fn backward(
                 };
                 // P = exp(S − lse), recomputed.
                 let mut p = scores(d, q, k, b, h, n0, rows);
-                for (i, row) in p.chunks_mut(m).enumerate() {
-                    let l = lse[(b * d.heads + h) * n + n0 + i];
-                    row.iter_mut().for_each(|x| *x = (*x - l).exp());
-                }
+                let at_lse = (b * d.heads + h) * n + n0;
+                exp_rows(&mut p, m, &lse[at_lse..at_lse + rows]);
                 let pt = View {
                     ptr: p.as_ptr(),
                     rs: 1,

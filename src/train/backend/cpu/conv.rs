@@ -16,12 +16,22 @@ fn src(o: usize, k: usize, stride: usize, pad: usize) -> isize {
     (o * stride + k) as isize - pad as isize
 }
 
+/// With stride 1, the output columns `[lo, hi)` of kernel column `kx` read input columns
+/// `lo + kx − pad_left ..`: one contiguous run, so a row is a copy (or an add) plus zero edges
+/// instead of a bounds test per element.
+fn stride1_span(g: &ConvGeom, kx: usize, ow: usize) -> (usize, usize) {
+    let lo = g.pad_left.saturating_sub(kx).min(ow);
+    let hi = (g.w + g.pad_left).saturating_sub(kx).min(ow).max(lo);
+    (lo, hi)
+}
+
 /// Fills the `kh·kw` rows of `col` that belong to input channel `x_c [h, w]`.
 fn im2col_channel(x_c: &[f32], rows: &mut [f32], g: &ConvGeom) {
     let (oh, ow) = (g.out_h(), g.out_w());
     for ky in 0..g.kh {
         for kx in 0..g.kw {
             let row = &mut rows[(ky * g.kw + kx) * oh * ow..][..oh * ow];
+            let (lo, hi) = stride1_span(g, kx, ow);
             for oy in 0..oh {
                 let iy = src(oy, ky, g.stride, g.pad_top);
                 let out = &mut row[oy * ow..(oy + 1) * ow];
@@ -30,6 +40,15 @@ fn im2col_channel(x_c: &[f32], rows: &mut [f32], g: &ConvGeom) {
                     continue;
                 }
                 let line = &x_c[iy as usize * g.w..(iy as usize + 1) * g.w];
+                if g.stride == 1 {
+                    out[..lo].fill(0.0);
+                    if hi > lo {
+                        let src = &line[lo + kx - g.pad_left..hi + kx - g.pad_left];
+                        out[lo..hi].copy_from_slice(src);
+                    }
+                    out[hi..].fill(0.0);
+                    continue;
+                }
                 for (ox, o) in out.iter_mut().enumerate() {
                     let ix = src(ox, kx, g.stride, g.pad_left);
                     *o = if ix < 0 || ix >= g.w as isize {
@@ -50,12 +69,23 @@ fn col2im_channel(rows: &[f32], dx_c: &mut [f32], g: &ConvGeom) {
     for ky in 0..g.kh {
         for kx in 0..g.kw {
             let row = &rows[(ky * g.kw + kx) * oh * ow..][..oh * ow];
+            let (lo, hi) = stride1_span(g, kx, ow);
             for oy in 0..oh {
                 let iy = src(oy, ky, g.stride, g.pad_top);
                 if iy < 0 || iy >= g.h as isize {
                     continue;
                 }
                 let line = &mut dx_c[iy as usize * g.w..(iy as usize + 1) * g.w];
+                if g.stride == 1 {
+                    if hi == lo {
+                        continue;
+                    }
+                    let dst = &mut line[lo + kx - g.pad_left..hi + kx - g.pad_left];
+                    for (d, &v) in dst.iter_mut().zip(&row[oy * ow + lo..oy * ow + hi]) {
+                        *d += v;
+                    }
+                    continue;
+                }
                 for (ox, &v) in row[oy * ow..(oy + 1) * ow].iter().enumerate() {
                     let ix = src(ox, kx, g.stride, g.pad_left);
                     if ix >= 0 && ix < g.w as isize {
@@ -251,4 +281,79 @@ pub(super) fn conv2d_backward_input(
         }
     });
     dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geom(h: usize, w: usize, k: usize, stride: usize, pads: [usize; 4]) -> ConvGeom {
+        ConvGeom {
+            n: 1,
+            cin: 1,
+            h,
+            w,
+            cout: 1,
+            kh: k,
+            kw: k,
+            stride,
+            pad_top: pads[0],
+            pad_left: pads[1],
+            pad_bottom: pads[2],
+            pad_right: pads[3],
+        }
+    }
+
+    /// The definition, one bounds test per element.
+    fn naive_cols(x: &[f32], g: &ConvGeom) -> Vec<f32> {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let mut out = Vec::new();
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (iy, ix) = (
+                            src(oy, ky, g.stride, g.pad_top),
+                            src(ox, kx, g.stride, g.pad_left),
+                        );
+                        let inside = iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize;
+                        out.push(if inside {
+                            x[iy as usize * g.w + ix as usize]
+                        } else {
+                            0.0
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn im2col_and_col2im_equal_the_definition_for_every_padding() {
+        let cases = [
+            geom(5, 7, 3, 1, [1, 1, 1, 1]),
+            geom(5, 7, 3, 1, [0, 2, 1, 0]),
+            geom(4, 4, 1, 1, [0, 0, 0, 0]),
+            geom(6, 5, 3, 2, [1, 1, 1, 1]),
+            geom(3, 3, 5, 1, [4, 4, 4, 4]),
+            geom(2, 9, 3, 1, [0, 0, 0, 2]),
+        ];
+        for g in &cases {
+            let x: Vec<f32> = (0..g.h * g.w).map(|i| i as f32 + 1.0).collect();
+            let want = naive_cols(&x, g);
+            let mut got = vec![f32::NAN; want.len()];
+            im2col_channel(&x, &mut got, g);
+            assert_eq!(got, want, "im2col {g:?}");
+            // col2im is im2col's adjoint: <col2im(r), x> = <r, im2col(x)> for any r
+            let r: Vec<f32> = (0..want.len())
+                .map(|i| ((i * 7) % 5) as f32 - 2.0)
+                .collect();
+            let mut dx = vec![f32::NAN; x.len()];
+            col2im_channel(&r, &mut dx, g);
+            let lhs: f32 = dx.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let rhs: f32 = r.iter().zip(&want).map(|(a, b)| a * b).sum();
+            assert_eq!(lhs, rhs, "col2im {g:?}");
+        }
+    }
 }

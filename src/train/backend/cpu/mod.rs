@@ -12,6 +12,7 @@
 mod act;
 mod attention;
 mod conv;
+mod fastmath;
 mod gemm;
 mod layout;
 mod norm;

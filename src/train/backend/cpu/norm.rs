@@ -3,7 +3,7 @@
 //! 1e-4 parity budget cannot spare.
 
 use super::super::GroupNormDims;
-use super::act::{silu1, silu_grad1};
+use super::act::{affine_silu_slice, silu_grad1};
 use rayon::prelude::*;
 
 /// Mean and 1/σ of one block of values (two passes: exact for any offset).
@@ -74,11 +74,7 @@ pub(super) fn group_norm(
             st[1] = rstd;
             let c0 = (bi % d.groups) * cg;
             for (ci, (y, x)) in y.chunks_mut(d.hw).zip(x.chunks(d.hw)).enumerate() {
-                let (ga, be) = (gamma[c0 + ci], beta[c0 + ci]);
-                for (y, &x) in y.iter_mut().zip(x) {
-                    let a = (x - mean) * rstd * ga + be;
-                    *y = if silu { silu1(a) } else { a };
-                }
+                affine_silu_slice(y, x, mean, rstd, gamma[c0 + ci], beta[c0 + ci], silu);
             }
         });
     (y, stats)
