@@ -337,7 +337,7 @@ mod tests {
             geom(4, 4, 1, 1, [0, 0, 0, 0]),
             geom(6, 5, 3, 2, [1, 1, 1, 1]),
             geom(3, 3, 5, 1, [4, 4, 4, 4]),
-            geom(2, 9, 3, 1, [0, 0, 0, 2]),
+            geom(2, 9, 3, 1, [1, 0, 0, 2]),
         ];
         for g in &cases {
             let x: Vec<f32> = (0..g.h * g.w).map(|i| i as f32 + 1.0).collect();
