@@ -21,6 +21,7 @@ unet.onnx exported again and checked against torch by tools/bundle_lora_targets.
 prompts and seeds.
 """
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -114,7 +115,6 @@ def main(argv=None):
     L = torch.tensor([fi[l] for _, _, l in pairs])
     T = torch.tensor([ti[t] for t, _, _ in pairs])
 
-    import copy
     ref = copy.deepcopy(unet).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
