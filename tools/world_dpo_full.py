@@ -38,22 +38,18 @@ import torch  # noqa: E402
 
 def read_pairs(data_dir, split):
     """(prompt, chosen path, rejected path) for every untied pair of the split, as the Rust loader
-    (src/data/imagereward.rs) builds them: grouped by prompt_id, lower rank preferred."""
-    import pyarrow.parquet as pq
-    rows = pq.read_table(os.path.join(data_dir, f"metadata-{split}.parquet")).to_pylist()
-    groups = {}
-    for r in rows:
-        groups.setdefault(r["prompt_id"], []).append(r)
+    (src/data/imagereward.rs) builds them from world_judges.read_db's prompt groups: lower rank
+    preferred, ties skipped."""
+    from world_judges import read_db
     pairs, ties = [], 0
-    for items in groups.values():
+    for items in read_db(data_dir, split):
         for a, first in enumerate(items):
             for second in items[a + 1:]:
                 if first["rank"] == second["rank"]:
                     ties += 1
                     continue
                 w, l = (first, second) if first["rank"] < second["rank"] else (second, first)
-                pairs.append((w["prompt"], os.path.join(data_dir, w["image_path"]),
-                              os.path.join(data_dir, l["image_path"])))
+                pairs.append((w["prompt"], w["path"], l["path"]))
     return pairs, ties
 
 
@@ -82,7 +78,7 @@ def main(argv=None):
     import bundle_weights
     import train_world_model as twm
     from _common import sha256_file, write_json
-    from PIL import Image
+    from world_judges import load_png_u8
 
     with open(os.path.join(args.bundle, "bundle.json"), encoding="utf-8") as f:
         bundle = json.load(f)
@@ -103,7 +99,7 @@ def main(argv=None):
     files = sorted({p for _, w, l in pairs for p in (w, l)})
     texts = sorted({t for t, _, _ in pairs} | {""})
     with torch.no_grad():
-        px = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32))
+        px = torch.stack([torch.from_numpy(load_png_u8(p).astype(np.float32))
                           for p in files]).permute(0, 3, 1, 2) / 127.5 - 1
         lat = torch.cat([vae.encode(px[i:i + 256]).latent_dist.mean for i in range(0, len(px), 256)]) * sf
         ids = tok(texts, padding="max_length", max_length=twm.MAX_LENGTH, truncation=True,
