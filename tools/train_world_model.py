@@ -230,6 +230,9 @@ def main():
     ap.add_argument("--snapshot-weights", choices=("ema", "raw"), default="ema",
                     help="which UNet/text-encoder weights --snapshot writes (raw: the optimiser's, for a "
                          "quick look soon after a schedule switch, when the EMA still averages in the old ones)")
+    ap.add_argument("--ema-decay", type=float, default=0.999,
+                    help="EMA decay of the exported weights (a short continuation from --init-bundle wants a shorter "
+                         "memory, e.g. 0.995, or the export still averages in the bundle it started from)")
     ap.add_argument("--stop-at", default="", help="HH:MM (local) wall-clock deadline for the UNet stage")
     ap.add_argument("--init-bundle", default="", help="start an empty --work from this exported bundle's weights "
                     "(e.g. models/world) instead of from scratch; see init_from_bundle")
@@ -345,6 +348,14 @@ def main():
         mean, std = torch.cat(means), torch.cat(stds)
         z = mean + std * torch.randn(mean.shape, generator=gen(2, 0))
         sf = float(1.0 / z.std())
+        init = torch.load(vck).get("init_bundle")
+        if init:
+            # a continuation keeps the bundle's latent scale: its UNet learned latents of that scale,
+            # and a changed data set (e.g. --faded) would move the measured one
+            with open(os.path.join(init, "bundle.json"), encoding="utf-8") as f:
+                sf_bundle = json.load(f)["vae"]["scaling_factor"]
+            P(f"latents: measured scaling_factor {sf:.4f}; keeping {init}'s {sf_bundle}")
+            sf = float(sf_bundle)
         with torch.no_grad():
             idx = torch.arange(0, N, max(1, N // 512))[:512]
             rec = vae.decode(mean[idx]).sample
@@ -446,7 +457,7 @@ def main():
         opt.zero_grad(); loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(); step += 1
-        dcy = min(0.999, (1 + step) / (10 + step))
+        dcy = min(args.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema_params, params):
                 pe.lerp_(p, 1 - dcy)

@@ -3,6 +3,7 @@
 Usage:
     python tools/world_dataset.py OUT.npz [--prompts 10000] [--per-prompt 5] [--seed 1000]
         [--dpoimg target/debug/dpoimg] [--workdir /dev/shm/dpoimg-world-render]
+        [--faded 0.3 --fade 0.3 0.6 --fade-seed 7] [--input RENDERED.npz]
 
 Why the Rust binary and not a Python re-implementation: training data, the attribute checker and
 the annotators must describe exactly one world, so `dpoimg world prompts` picks the prompts (train
@@ -12,6 +13,18 @@ PNGs are rendered into a tmpfs work folder (the renderer fsyncs every file; on a
 ~10 ms per image) and packed into one .npz: `images` uint8 [N,32,32,3], `prompts` [N] (str),
 `seeds` [N] (the renderer seed of each image). Deterministic: the same arguments give the same
 arrays.
+
+`--faded FRAC` plants a prompt-independent defect, the miniature's stand-in for the low-quality
+images of a web-scraped set (faded scans, washed-out photos; their captions never say so): a seeded
+FRAC of the images have their objects faded toward the background, pixel = bg + (1 - f)(pixel - bg)
+with f uniform in `--fade LO HI` (bg: the image's most common colour, which a render's background
+always is). A base trained on it draws faded objects at about that rate whatever the prompt says,
+so classifier-free guidance cannot remove them (the caption is as likely under a faded image as
+under a vivid one) and the attribute checker misreads them (its soft masks see a faded object as
+smaller and rounder, and past f = 0.5 not at all): prompt-independent errors that preference data
+shares across prompts, as the aesthetic flaws that Diffusion-DPO's SD-1.5 run fixed were. `fade`
+[N] records each image's f (0 = untouched). `--input` applies it to an already rendered .npz
+instead of rendering again (the same arrays either way).
 """
 import argparse
 import json
@@ -25,6 +38,23 @@ import numpy as np
 from PIL import Image
 
 
+def fade_images(images, frac, lo, hi, seed):
+    """Fade a seeded `frac` of `images` (uint8 [N,H,W,3], modified copy returned) toward each
+    image's background colour by f ~ U(lo, hi); returns (images, f per image, 0 where untouched)."""
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    chosen = rng.random(n) < frac
+    f = np.where(chosen, rng.uniform(lo, hi, n), 0.0)
+    out = images.copy()
+    for i in np.flatnonzero(chosen):
+        img = images[i].reshape(-1, 3)
+        colours, counts = np.unique(img, axis=0, return_counts=True)
+        bg = colours[counts.argmax()].astype(np.float64)
+        faded = bg + (1.0 - f[i]) * (img.astype(np.float64) - bg)
+        out[i] = np.clip(np.rint(faded), 0, 255).astype(np.uint8).reshape(images[i].shape)
+    return out, f
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
@@ -33,7 +63,23 @@ def main():
     ap.add_argument("--seed", type=int, default=1000, help="renderer seed (prompt sampling uses seed 0)")
     ap.add_argument("--dpoimg", default="target/debug/dpoimg")
     ap.add_argument("--workdir", default="/dev/shm/dpoimg-world-render")
+    ap.add_argument("--faded", type=float, default=0.0, help="fraction of images with faded objects (see above)")
+    ap.add_argument("--fade", type=float, nargs=2, default=(0.3, 0.6), metavar=("LO", "HI"),
+                    help="fade strength range, f = 0 untouched, 1 object gone")
+    ap.add_argument("--fade-seed", type=int, default=7)
+    ap.add_argument("--input", default="", help="an .npz this script rendered before: fade it instead of rendering")
     args = ap.parse_args()
+    if not 0.0 <= args.faded <= 1.0 or not 0.0 <= args.fade[0] <= args.fade[1] <= 1.0:
+        sys.exit(f"--faded {args.faded} --fade {args.fade}: need 0 <= FRAC <= 1 and 0 <= LO <= HI <= 1")
+    if args.input:
+        t0 = time.time()
+        d = np.load(args.input)
+        if "fade" in d and d["fade"].any():
+            sys.exit(f"--input {args.input} is already faded; pass the unfaded render")
+        images, f = fade_images(d["images"], args.faded, args.fade[0], args.fade[1], args.fade_seed)
+        np.savez(args.out, images=images, prompts=d["prompts"], seeds=d["seeds"], fade=f)
+        print(f"{len(images)} images ({(f > 0).sum()} faded) -> {args.out} in {time.time() - t0:.0f} s")
+        return
     if not os.path.exists(args.dpoimg):
         sys.exit(f"{args.dpoimg} does not exist. Fix: run `cargo build --bin dpoimg` (or pass --dpoimg PATH)")
     t0 = time.time()
@@ -55,10 +101,11 @@ def main():
     for i, e in enumerate(index):
         images[i] = np.asarray(Image.open(os.path.join(render_dir, e["file"])).convert("RGB"))
     assert all(e["split"] == "train" for e in index)
+    images, f = fade_images(images, args.faded, args.fade[0], args.fade[1], args.fade_seed)
     np.savez(args.out, images=images, prompts=np.array([e["prompt"] for e in index]),
-             seeds=np.array([e["seed"] for e in index], np.int64))
+             seeds=np.array([e["seed"] for e in index], np.int64), fade=f)
     shutil.rmtree(args.workdir)
-    print(f"{n} images of {len(prompts)} prompts -> {args.out} in {time.time() - t0:.0f} s")
+    print(f"{n} images of {len(prompts)} prompts ({(f > 0).sum()} faded) -> {args.out} in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -113,12 +113,7 @@ pub fn run(
         .iter()
         .map(|a| parse_arm(a))
         .collect::<Result<Vec<_>, _>>()?;
-    let score_options = ScoreOptions {
-        session: args.rt.session(),
-        verify: args.rt.verify(),
-        ort_library: args.rt.ort_lib.clone(),
-        ..ScoreOptions::default()
-    };
+    let score_options = ScoreOptions::from_flags(&args.rt, ScoreOptions::default().batch_size);
     // Open the metric models before generating anything: a wrong bundle fails fast.
     let metric_err = |metric: &str, e: String| EvalError::Metric {
         metric: metric.into(),

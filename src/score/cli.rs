@@ -299,12 +299,7 @@ pub fn run(args: &ScoreArgs, out: &mut dyn Write) -> Result<(), ScoreError> {
         ));
     }
     let jobs = collect_jobs(args)?;
-    let options = ScoreOptions {
-        session: args.rt.session(),
-        verify: args.rt.verify(),
-        ort_library: args.rt.ort_lib.clone(),
-        batch_size: args.batch_size,
-    };
+    let options = ScoreOptions::from_flags(&args.rt, args.batch_size);
     options.check()?;
     let model = RewardModel::open(&args.reward, &options)?;
     let results = score_files(&model, &jobs)?;

@@ -179,6 +179,17 @@ impl Default for ScoreOptions {
 }
 
 impl ScoreOptions {
+    /// The options that a command's `--device/--threads/--ort-lib/--no-verify` flags ask for
+    /// (`dpoimg score`, `dpoimg eval`), with `batch_size` images per run.
+    pub fn from_flags(rt: &crate::engine::RuntimeFlags, batch_size: usize) -> ScoreOptions {
+        ScoreOptions {
+            session: rt.session(),
+            verify: rt.verify(),
+            ort_library: rt.ort_lib.clone(),
+            batch_size,
+        }
+    }
+
     pub(crate) fn check(&self) -> Result<(), ScoreError> {
         if self.batch_size == 0 || self.batch_size > 256 {
             return Err(ScoreError::Input(format!(
