@@ -18,11 +18,14 @@ arrays.
 images of a web-scraped set (faded scans, washed-out photos; their captions never say so): a seeded
 FRAC of the images have their objects faded toward the background, pixel = bg + (1 - f)(pixel - bg)
 with f uniform in `--fade LO HI` (bg: the image's most common colour, which a render's background
-always is). A base trained on it draws faded objects at about that rate whatever the prompt says,
-so classifier-free guidance cannot remove them (the caption is as likely under a faded image as
-under a vivid one) and the attribute checker misreads them (its soft masks see a faded object as
-smaller and rounder, and past f = 0.5 not at all): prompt-independent errors that preference data
-shares across prompts, as the aesthetic flaws that Diffusion-DPO's SD-1.5 run fixed were. `fade`
+always is). The intent: a base that draws faded objects at some rate whatever the prompt says has
+prompt-independent errors (the attribute checker misreads faded objects: its soft masks see them as
+smaller and rounder, and past f = 0.5 not at all) that preference data shares across prompts, as
+the aesthetic flaws that Diffusion-DPO's SD-1.5 run fixed were. Measured in session 14
+(logs/world_s14_pilots.json): continuing the shipped base on a 30 %-faded set (1,200 and 3,600
+steps) did not make it draw faded objects at the bundle's settings: its VAE, trained on clean
+renders, decodes faded latents back to vivid colours, and guidance 7.5 suppresses most of the
+faded samples that a refitted decoder shows at guidance 1 (tools/world_fade_probe.py). `fade`
 [N] records each image's f (0 = untouched). `--input` applies it to an already rendered .npz
 instead of rendering again (the same arrays either way).
 """
