@@ -41,6 +41,12 @@ import numpy as np
 from PIL import Image
 
 
+def background_colour(img):
+    """The most common RGB value of a uint8 [H,W,3] image (a render's background), as float64 [3]."""
+    colours, counts = np.unique(img.reshape(-1, 3), axis=0, return_counts=True)
+    return colours[counts.argmax()].astype(np.float64)
+
+
 def fade_images(images, frac, lo, hi, seed):
     """Fade a seeded `frac` of `images` (uint8 [N,H,W,3], modified copy returned) toward each
     image's background colour by f ~ U(lo, hi); returns (images, f per image, 0 where untouched)."""
@@ -50,12 +56,35 @@ def fade_images(images, frac, lo, hi, seed):
     f = np.where(chosen, rng.uniform(lo, hi, n), 0.0)
     out = images.copy()
     for i in np.flatnonzero(chosen):
-        img = images[i].reshape(-1, 3)
-        colours, counts = np.unique(img, axis=0, return_counts=True)
-        bg = colours[counts.argmax()].astype(np.float64)
-        faded = bg + (1.0 - f[i]) * (img.astype(np.float64) - bg)
-        out[i] = np.clip(np.rint(faded), 0, 255).astype(np.uint8).reshape(images[i].shape)
+        bg = background_colour(images[i])
+        faded = bg + (1.0 - f[i]) * (images[i].astype(np.float64) - bg)
+        out[i] = np.clip(np.rint(faded), 0, 255).astype(np.uint8)
     return out, f
+
+
+def render(args):
+    """The training renders: (images uint8 [N,32,32,3], prompts [N] str, seeds [N] int64)."""
+    if not os.path.exists(args.dpoimg):
+        sys.exit(f"{args.dpoimg} does not exist. Fix: run `cargo build --bin dpoimg` (or pass --dpoimg PATH)")
+    if os.path.exists(args.workdir):
+        shutil.rmtree(args.workdir)
+    os.makedirs(args.workdir)
+    prompts = subprocess.run([args.dpoimg, "world", "prompts", "--count", str(args.prompts), "--split", "train",
+                              "--seed", "0"], check=True, capture_output=True, text=True).stdout.splitlines()
+    assert len(prompts) == args.prompts, len(prompts)
+    pfile = os.path.join(args.workdir, "prompts.txt")
+    with open(pfile, "w") as f:
+        f.write("\n".join(prompts) + "\n")
+    render_dir = os.path.join(args.workdir, "render")
+    subprocess.run([args.dpoimg, "world", "render", "--prompts", pfile, "--per-prompt", str(args.per_prompt),
+                    "--seed", str(args.seed), "-o", render_dir], check=True, capture_output=True)
+    index = json.load(open(os.path.join(render_dir, "index.json")))["images"]
+    images = np.zeros((len(index), 32, 32, 3), np.uint8)
+    for i, e in enumerate(index):
+        images[i] = np.asarray(Image.open(os.path.join(render_dir, e["file"])).convert("RGB"))
+    assert all(e["split"] == "train" for e in index)
+    shutil.rmtree(args.workdir)
+    return images, np.array([e["prompt"] for e in index]), np.array([e["seed"] for e in index], np.int64)
 
 
 def main():
@@ -74,41 +103,18 @@ def main():
     args = ap.parse_args()
     if not 0.0 <= args.faded <= 1.0 or not 0.0 <= args.fade[0] <= args.fade[1] <= 1.0:
         sys.exit(f"--faded {args.faded} --fade {args.fade}: need 0 <= FRAC <= 1 and 0 <= LO <= HI <= 1")
+    t0 = time.time()
     if args.input:
-        t0 = time.time()
         d = np.load(args.input)
         if "fade" in d and d["fade"].any():
             sys.exit(f"--input {args.input} is already faded; pass the unfaded render")
-        images, f = fade_images(d["images"], args.faded, args.fade[0], args.fade[1], args.fade_seed)
-        np.savez(args.out, images=images, prompts=d["prompts"], seeds=d["seeds"], fade=f)
-        print(f"{len(images)} images ({(f > 0).sum()} faded) -> {args.out} in {time.time() - t0:.0f} s")
-        return
-    if not os.path.exists(args.dpoimg):
-        sys.exit(f"{args.dpoimg} does not exist. Fix: run `cargo build --bin dpoimg` (or pass --dpoimg PATH)")
-    t0 = time.time()
-    if os.path.exists(args.workdir):
-        shutil.rmtree(args.workdir)
-    os.makedirs(args.workdir)
-    prompts = subprocess.run([args.dpoimg, "world", "prompts", "--count", str(args.prompts), "--split", "train",
-                              "--seed", "0"], check=True, capture_output=True, text=True).stdout.splitlines()
-    assert len(prompts) == args.prompts, len(prompts)
-    pfile = os.path.join(args.workdir, "prompts.txt")
-    with open(pfile, "w") as f:
-        f.write("\n".join(prompts) + "\n")
-    render_dir = os.path.join(args.workdir, "render")
-    subprocess.run([args.dpoimg, "world", "render", "--prompts", pfile, "--per-prompt", str(args.per_prompt),
-                    "--seed", str(args.seed), "-o", render_dir], check=True, capture_output=True)
-    index = json.load(open(os.path.join(render_dir, "index.json")))["images"]
-    n = len(index)
-    images = np.zeros((n, 32, 32, 3), np.uint8)
-    for i, e in enumerate(index):
-        images[i] = np.asarray(Image.open(os.path.join(render_dir, e["file"])).convert("RGB"))
-    assert all(e["split"] == "train" for e in index)
+        images, prompts, seeds = d["images"], d["prompts"], d["seeds"]
+    else:
+        images, prompts, seeds = render(args)
     images, f = fade_images(images, args.faded, args.fade[0], args.fade[1], args.fade_seed)
-    np.savez(args.out, images=images, prompts=np.array([e["prompt"] for e in index]),
-             seeds=np.array([e["seed"] for e in index], np.int64), fade=f)
-    shutil.rmtree(args.workdir)
-    print(f"{n} images of {len(prompts)} prompts ({(f > 0).sum()} faded) -> {args.out} in {time.time() - t0:.0f} s")
+    np.savez(args.out, images=images, prompts=prompts, seeds=seeds, fade=f)
+    print(f"{len(images)} images of {len(set(prompts))} prompts ({(f > 0).sum()} faded) -> {args.out} "
+          f"in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

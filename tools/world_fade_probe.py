@@ -28,7 +28,10 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from world_dataset import background_colour  # noqa: E402
+from world_judges import load_png_u8  # noqa: E402
 
 # src/world/scene.rs Color::rgb for the six object colours
 PALETTE = np.array([[220, 30, 30], [40, 170, 40], [40, 70, 230], [240, 220, 40], [160, 40, 210],
@@ -38,11 +41,9 @@ LOW = 0.8
 
 def contrast(img):
     """Object contrast of one uint8 [H,W,3] image (see the module doc)."""
-    px = img.reshape(-1, 3).astype(float)
-    cols, cnt = np.unique(img.reshape(-1, 3), axis=0, return_counts=True)
-    bg = cols[cnt.argmax()].astype(float)
-    d = px - bg
-    best = np.zeros(len(px))
+    bg = background_colour(img)
+    d = img.reshape(-1, 3).astype(float) - bg
+    best = np.zeros(len(d))
     for c in PALETTE:
         v = c - bg
         n2 = v @ v
@@ -60,7 +61,7 @@ def folder_contrast(folder):
         files = [e["file"] for e in json.load(open(index))["images"]]
     else:
         files = sorted(x for x in os.listdir(folder) if x.endswith(".png"))
-    return np.array([contrast(np.asarray(Image.open(os.path.join(folder, f)).convert("RGB"))) for f in files])
+    return np.array([contrast(load_png_u8(os.path.join(folder, f))) for f in files])
 
 
 def cmd_contrast(args):
