@@ -109,10 +109,11 @@ def init_from_bundle(args, tok, vck, uck):
     worst = bundle_weights.load_bundle(args.init_bundle, unet, te, vae, MAX_LENGTH)
     P(f"init: {args.init_bundle} read back; max |onnx - torch| {worst}; its schedule {named[0]}, "
       f"counted as step {args.init_step}; its VAE scaling_factor {bundle.get('vae', {}).get('scaling_factor')} "
-      f"(the latents stage below measures it again)")
+      f"(kept; the latents stage below also reports the one it measures)")
     vopt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     torch.save(dict(model=vae.state_dict(), opt=vopt.state_dict(), step=0, elapsed=0.0, done=True,
-                    init_bundle=args.init_bundle), vck)
+                    init_bundle=args.init_bundle,
+                    scaling_factor=float(bundle["vae"]["scaling_factor"])), vck)
     opt = torch.optim.AdamW(list(unet.parameters()) + list(te.parameters()), lr=args.lr, weight_decay=0.01,
                             betas=(0.9, 0.99))
     torch.save(dict(unet=unet.state_dict(), te=te.state_dict(), opt=opt.state_dict(), ema_u=unet.state_dict(),
@@ -290,10 +291,12 @@ def main():
     vae = AutoencoderKL(**VAE_KW)
     vopt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     vstep, velapsed, vdone = 0, 0.0, False
+    bundle_sf = None  # an --init-bundle run's latent scale, kept (see the latents stage)
     if os.path.exists(vck):
         s = torch.load(vck, weights_only=False)
         vae.load_state_dict(s["model"]); vopt.load_state_dict(s["opt"])
         vstep, velapsed, vdone = s["step"], s["elapsed"], s["done"]
+        bundle_sf = s.get("scaling_factor")
         P(f"vae: resumed at step {vstep} ({velapsed / 60:.1f} min), done={vdone}")
     P(f"vae {npar(vae) / 1e6:.3f} M params")
 
@@ -348,14 +351,11 @@ def main():
         mean, std = torch.cat(means), torch.cat(stds)
         z = mean + std * torch.randn(mean.shape, generator=gen(2, 0))
         sf = float(1.0 / z.std())
-        init = torch.load(vck).get("init_bundle")
-        if init:
+        if bundle_sf is not None:
             # a continuation keeps the bundle's latent scale: its UNet learned latents of that scale,
             # and a changed data set (e.g. --faded) would move the measured one
-            with open(os.path.join(init, "bundle.json"), encoding="utf-8") as f:
-                sf_bundle = json.load(f)["vae"]["scaling_factor"]
-            P(f"latents: measured scaling_factor {sf:.4f}; keeping {init}'s {sf_bundle}")
-            sf = float(sf_bundle)
+            P(f"latents: measured scaling_factor {sf:.4f}; keeping the --init-bundle's {bundle_sf}")
+            sf = bundle_sf
         with torch.no_grad():
             idx = torch.arange(0, N, max(1, N // 512))[:512]
             rec = vae.decode(mean[idx]).sample
