@@ -104,22 +104,31 @@ fn default_bundle_draws_the_prompts() {
     assert!(position > 0.25, "position accuracy {position}");
 }
 
-#[test]
-fn shipped_preference_data_loads() {
-    let db = repo().join("models/world-prefs");
-    let count = |split: &str| {
+/// Pairs per split of a shipped ImageRewardDB folder, every image checked to exist and decode.
+fn pair_counts(db: &Path) -> [usize; 3] {
+    ["train", "validation", "test"].map(|split| {
         let opts = LoadOptions {
             split: Some(split.into()),
             check_images: true,
             ..Default::default()
         };
-        let (pairs, _) = load_pairs(Path::new(&db), &opts).expect("loads");
+        let (pairs, _) = load_pairs(db, &opts).expect("loads");
         pairs.len()
-    };
-    // `dpoimg world annotate`'s own count when it wrote the set (tools/world_prefs.sh)
-    assert_eq!(count("train"), 1217);
-    assert_eq!(count("validation"), 80);
-    assert_eq!(count("test"), 314);
+    })
+}
+
+#[test]
+fn shipped_preference_data_loads() {
+    // `dpoimg world annotate`'s own counts when it wrote each set (tools/world_prefs.sh): the
+    // bundle's guidance 7.5, and GUIDANCE=1 for the guidance-1 demo's set
+    assert_eq!(
+        pair_counts(&repo().join("models/world-prefs")),
+        [1217, 80, 314]
+    );
+    assert_eq!(
+        pair_counts(&repo().join("models/world-prefs-g1")),
+        [1608, 87, 410]
+    );
 }
 
 /// A 3-step SFT run on the shipped preference data at a high learning rate (so that the adapter

@@ -5,8 +5,9 @@
 # held-out prompt files the demo evaluates on.
 #
 #   tools/world_prefs.sh [BUNDLE=models/world] [OUT=models/world-prefs]
-#   N_TRAIN=400 N_VALIDATION=20 N_TEST=100 N_EVAL=200 PER_PROMPT=4 THREADS=0 (environment overrides;
-#   the shipped set was made with these values and THREADS=2 in 14 min on the 2-core machine)
+#   N_TRAIN=400 N_VALIDATION=20 N_TEST=100 N_EVAL=200 PER_PROMPT=4 THREADS=0 GUIDANCE= (environment
+#   overrides; the shipped set was made with these values, the bundle's guidance and THREADS=2 in
+#   14 min on the 2-core machine)
 #
 # Deterministic: prompts are `dpoimg world prompts --split S --seed 0`, sample seeds
 # `seed + i·K` (`dpoimg world sample`), annotator seed 0. Needs a release build (cargo build
@@ -20,6 +21,7 @@ N_VALIDATION=${N_VALIDATION:-20}
 N_TEST=${N_TEST:-100}
 PER_PROMPT=${PER_PROMPT:-4}
 THREADS=${THREADS:-0}   # ONNX Runtime threads (0 = one per core; use 1 next to other jobs)
+GUIDANCE=${GUIDANCE:-}  # sampling guidance scale (empty = the bundle's default)
 DPOIMG=${DPOIMG:-target/release/dpoimg}
 export LD_LIBRARY_PATH="$PWD/.ort/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
@@ -36,7 +38,7 @@ trap 'rm -rf "$work"' EXIT
 } > "$work/prompts.txt"
 start=$(date +%s)
 "$DPOIMG" world sample --bundle "$BUNDLE" --prompts "$work/prompts.txt" --per-prompt "$PER_PROMPT" \
-    --seed 0 --threads "$THREADS" -q -o "$work/samples"
+    --seed 0 --threads "$THREADS" ${GUIDANCE:+--guidance "$GUIDANCE"} -q -o "$work/samples"
 sampled=$(date +%s)
 "$DPOIMG" world annotate --index "$work/samples/index.json" -o "$work/db" --seed 0
 mkdir -p "$(dirname "$OUT")"
