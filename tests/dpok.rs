@@ -549,6 +549,94 @@ fn rollout_through_onnx_equals_torch() {
     );
 }
 
+/// At guidance 1 the rollout and the policy gradient run the conditional branch alone
+/// (`ε = ε_c`); the CFG formula at a scale that rounds to 1.0 in float32 (`1 + 1e-9`, which still
+/// runs both branches) gives `ε_u + 1·(ε_c − ε_u)`, the same up to float32 rounding. So the
+/// one-branch path must agree with the two-branch one: latents and log-probabilities of a whole
+/// trajectory, and every LoRA gradient of an update (≤ 1e-5 relative).
+#[test]
+fn unguided_policy_equals_cfg_at_scale_one() {
+    let f = fx();
+    let e = common::engine();
+    let lora = lora(f);
+    let adapter = dpoimg::finetune::dpok::adapter_from_lora(&*f.be, &lora, "current");
+    let composed = dpoimg::finetune::dpok::compose_current(e, adapter).unwrap();
+    let lat = &f.g["latents"];
+    let b = lat.shape[1];
+    let steps = f.g["timesteps"].data.len();
+    let all: Vec<usize> = (0..b).collect();
+    let roll = |g: f64| {
+        let mut noise = Replay {
+            steps: (0..steps)
+                .map(|i| rows(&f.g["variance_noise"], &[i]))
+                .collect(),
+            next: 0,
+        };
+        dpoimg::finetune::dpok::rollout(
+            e,
+            &composed,
+            &f.policy,
+            g,
+            &[b, 4, 8, 8],
+            &rows(lat, &[0]),
+            &rows(&f.g["uncond"], &all),
+            &rows(&f.g["cond"], &all),
+            &[b, 77, 32],
+            &mut noise,
+        )
+        .unwrap()
+    };
+    let (one, two) = (roll(1.0), roll(1.0 + 1e-9));
+    assert!(dpoimg::finetune::dpok::uses_cfg(1.0 + 1e-9) && !dpoimg::finetune::dpok::uses_cfg(1.0));
+    for (a, c) in one.latents.iter().zip(&two.latents) {
+        let d = common::max_abs_diff(a, &c.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        assert!(d <= 1e-5, "latents differ by {d:.2e}");
+    }
+    for (a, c) in one
+        .log_prob
+        .iter()
+        .flatten()
+        .zip(two.log_prob.iter().flatten())
+    {
+        assert!((a - c).abs() <= 1e-5, "log-prob {a} vs {c}");
+    }
+    // and the trajectory differs from the guided one: the branch count is not a no-op
+    let guided = roll(7.5);
+    let d = common::max_abs_diff(
+        one.latents.last().unwrap(),
+        &guided
+            .latents
+            .last()
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect::<Vec<_>>(),
+    );
+    assert!(d > 1e-3, "guidance 1 and 7.5 sampled the same latents");
+
+    let w = |g: f64| DpokWeights {
+        ratio_clip: 10.0, // every ratio passes its gradient
+        guidance: g,
+        ..weights(&f.meta["update"])
+    };
+    let (s1, g1) = update_grads(f, &lora, &w(1.0));
+    let (s2, g2) = update_grads(f, &lora, &w(1.0 + 1e-9));
+    assert!((s1.loss - s2.loss).abs() <= 1e-5 * s2.loss.abs().max(1e-3));
+    assert!((s1.kl - s2.kl).abs() <= 1e-5 * s2.kl.abs().max(1e-12));
+    assert_eq!(g1.len(), g2.len());
+    for (k, v) in &g1 {
+        let want = Golden {
+            shape: vec![v.len()],
+            data: g2[k].iter().map(|&x| x as f64).collect(),
+        };
+        let r = rel(v, &want);
+        assert!(
+            r <= 1e-5,
+            "d {k}: one-branch vs two-branch relative {r:.2e}"
+        );
+    }
+}
+
 /// Before `kl_warmup` the reference leaves the KL term out: the gradient is then torch's full
 /// gradient minus its KL-term gradient (≤ 1e-4 relative per tensor), and a second micro-batch
 /// adds to the same buffer.

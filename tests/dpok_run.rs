@@ -166,6 +166,49 @@ fn short_run_writes_adapter_metrics_plots_and_checkpoints() {
     assert!(e.contains("--resume"), "{e}");
 }
 
+/// At guidance 1 the policy does not guide (diffusers' `do_classifier_free_guidance` is `g > 1`,
+/// as the engine's sampler): rollouts and the trainer run the conditional branch alone, so every
+/// count is half the CFG run's, equals the experiment's planned compute, and the first step's
+/// ratios are 1 (the trainer's cond-only log-probabilities are the rollout's).
+#[test]
+fn unguided_run_evaluates_one_branch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = DpokConfig {
+        guidance: 1.0,
+        steps: 2,
+        ..small_config(tmp.path())
+    };
+    let mut steps = Vec::new();
+    let out = finetune::run_dpok(
+        &cfg,
+        &mut |e| {
+            if let Event::DpokStep(m) = e {
+                steps.push(*m)
+            }
+        },
+        &CancelToken::new(),
+    )
+    .unwrap();
+    let total = cfg.steps * cfg.policy_steps;
+    let samples = (cfg.steps * cfg.samples_per_iter) as u64;
+    let micro_samples = (total * cfg.grad_accum * cfg.minibatch) as u64;
+    assert_eq!(
+        out.compute.unet_forward,
+        samples * cfg.sampling_steps as u64 + 2 * micro_samples
+    );
+    assert_eq!(out.compute.unet_backward, micro_samples);
+    let plan = dpoimg::experiment::config::dpok_compute(&cfg, cfg.steps);
+    assert_eq!(
+        (plan.unet_forward, plan.unet_backward),
+        (out.compute.unet_forward, out.compute.unet_backward)
+    );
+    assert_eq!(steps[0].clamped, 0.0, "{:?}", steps[0]);
+    assert!(steps
+        .iter()
+        .all(|m| m.loss.is_finite() && m.grad_norm > 0.0));
+    assert!(steps.last().unwrap().kl > 0.0, "the policy moved");
+}
+
 fn image_size(p: &Path) -> (u32, u32) {
     let d = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(p).unwrap()));
     let r = d.read_info().unwrap();

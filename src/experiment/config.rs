@@ -473,18 +473,20 @@ pub fn dpo_step_compute(c: &DpoConfig) -> Compute {
     }
 }
 
-/// `iterations` DPOK iterations: each rollout runs `sampling_steps` CFG steps (2 evaluations)
-/// per sample; each policy micro-batch of `minibatch` transitions evaluates both CFG branches
-/// of the policy (2·minibatch forwards and backwards) plus the reference's once the KL term is
-/// on (iteration ≥ `kl_warmup`) (Fan et al. 2023, Alg. 1; google-research `dpok`).
+/// `iterations` DPOK iterations: each rollout runs `sampling_steps` CFG steps (2 evaluations,
+/// 1 at guidance ≤ 1) per sample; each policy micro-batch of `minibatch` transitions evaluates
+/// the policy's branches (2·minibatch forwards and backwards, or 1·minibatch) plus the
+/// reference's once the KL term is on (iteration ≥ `kl_warmup`) (Fan et al. 2023, Alg. 1;
+/// google-research `dpok`).
 pub fn dpok_compute(c: &DpokConfig, iterations: usize) -> Compute {
     let it = iterations as u64;
     let n = c.samples_per_iter as u64;
-    let b = 2 * c.minibatch as u64;
+    let k = crate::finetune::dpok::branches(c.guidance) as u64;
+    let b = k * c.minibatch as u64;
     let micro = (c.policy_steps * c.grad_accum) as u64;
     let with_kl = it.saturating_sub(c.kl_warmup as u64);
     Compute {
-        unet_forward: it * 2 * c.sampling_steps as u64 * n + micro * (it * b + with_kl * b),
+        unet_forward: it * k * c.sampling_steps as u64 * n + micro * (it * b + with_kl * b),
         unet_backward: it * micro * b,
         samples_drawn: it * n,
         reward_evals: it * n,

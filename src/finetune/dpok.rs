@@ -14,7 +14,9 @@
 //! - `pipeline_stable_diffusion_extended.py::forward_calculate_logprob`: the UNet runs on
 //!   `[x_t; x_t]` with `[uncond; cond]` embeddings, `ε = ε_u + g·(ε_c − ε_u)`; the regulariser is
 //!   the elementwise `(ε_θ − ε_ref)²` of the CFG-combined predictions, the reference being the
-//!   pretrained UNet (here: the same UNet with LoRA off).
+//!   pretrained UNet (here: the same UNet with LoRA off). At a guidance scale of 1 or less the
+//!   pipeline does not guide (`do_classifier_free_guidance` is `g > 1`): the UNet runs on `x_t`
+//!   with the prompt's embeddings alone and `ε = ε_c` ([`uses_cfg`]), half the UNet work.
 //! - `train_online_pg.py::_train_policy_func`: `ratio = clamp(exp(lp − lp_old), 1 ± ratio_clip)`
 //!   (clamp, not PPO's min: a clamped ratio passes no gradient),
 //!   `loss = mean_b(−reward_weight·adv_b·ratio_b) + kl_weight·mean_{b,c,h,w}(kl)` (the KL term only
@@ -236,6 +238,31 @@ impl DdimTransition {
     }
 }
 
+/// Whether the policy guides: as diffusers' `do_classifier_free_guidance` and the engine's
+/// sampler, only a scale above 1 runs the unconditional branch; at 1 or less `ε = ε_c`.
+pub fn uses_cfg(guidance: f64) -> bool {
+    guidance > 1.0
+}
+
+/// UNet inputs per sample: 2 (`[uncond (B); cond (B)]`) when [`uses_cfg`], else 1 (`[cond (B)]`).
+pub fn branches(guidance: f64) -> usize {
+    if uses_cfg(guidance) {
+        2
+    } else {
+        1
+    }
+}
+
+/// The policy's noise prediction from UNet outputs laid out as [`branches`] says: the CFG
+/// combination when guiding, the conditional output itself otherwise.
+pub fn guided_eps(out: &[f32], guidance: f64) -> Vec<f32> {
+    if uses_cfg(guidance) {
+        cfg_combine(out, guidance)
+    } else {
+        out.to_vec()
+    }
+}
+
 /// CFG combination `ε_u + g·(ε_c − ε_u)` of UNet outputs laid out `[uncond (B); cond (B)]`, in
 /// float32 as the reference pipeline computes it.
 pub fn cfg_combine(out: &[f32], guidance: f64) -> Vec<f32> {
@@ -320,9 +347,10 @@ fn check(what: &'static str, got: usize, expected: usize) -> Result<(), DpokErro
 }
 
 /// The DPOK loss of a batch and `dL/d(UNet output)` for the policy's UNet outputs `model_out`
-/// laid out `[uncond (B); cond (B)]` (each `[C, H, W]`), the layout the trainer's forward was run
-/// with. `ref_out` is the reference UNet's output in the same layout; `None` means no KL term
-/// (the reference's `unet_copy = None`).
+/// laid out `[uncond (B); cond (B)]` (each `[C, H, W]`; `[cond (B)]` alone when the guidance
+/// does not guide, see [`branches`]), the layout the trainer's forward was run with. `ref_out` is
+/// the reference UNet's output in the same layout; `None` means no KL term (the reference's
+/// `unet_copy = None`).
 pub fn dpok_loss(
     batch: &DpokBatch,
     model_out: &[f32],
@@ -371,12 +399,17 @@ pub fn dpok_loss(
     check("x_prev", batch.x_prev.len(), b * n)?;
     check("old_log_prob", batch.old_log_prob.len(), b)?;
     check("advantage", batch.advantage.len(), b)?;
-    check("model_out ([uncond; cond])", model_out.len(), 2 * b * n)?;
+    let k = branches(w.guidance);
+    check(
+        "model_out ([uncond; cond], or [cond] at guidance <= 1)",
+        model_out.len(),
+        k * b * n,
+    )?;
     if let Some(r) = ref_out {
-        check("ref_out ([uncond; cond])", r.len(), 2 * b * n)?;
+        check("ref_out (as model_out)", r.len(), k * b * n)?;
     }
-    let eps = cfg_combine(model_out, w.guidance);
-    let eps_ref = ref_out.map(|r| cfg_combine(r, w.guidance));
+    let eps = guided_eps(model_out, w.guidance);
+    let eps_ref = ref_out.map(|r| guided_eps(r, w.guidance));
     let accum = w.grad_accum as f64;
     let (lo, hi) = (1.0 - w.ratio_clip, 1.0 + w.ratio_clip);
 
@@ -424,6 +457,10 @@ pub fn dpok_loss(
         }
     }
     stats.loss = (stats.policy_loss + stats.kl_term) / accum;
+    if k == 1 {
+        // ε = ε_c
+        return Ok((stats, d_eps.iter().map(|&v| v as f32).collect()));
+    }
     // ε = ε_u + g(ε_c − ε_u): dε_u = (1 − g)·dε, dε_c = g·dε
     let g = w.guidance;
     let mut grad = vec![0f32; 2 * b * n];
@@ -451,7 +488,8 @@ pub struct StoredTransition<'a> {
 }
 
 /// One DPOK policy micro-batch (the reference's `_train_policy_func`): the trainer's UNet with
-/// `lora` on `[x_t; x_t]` with `[uncond; cond]`, the reference (LoRA off) when the KL term is
+/// `lora` on `[x_t; x_t]` with `[uncond; cond]` (on `x_t` with `cond` alone when the guidance
+/// does not guide), the reference (LoRA off) when the KL term is
 /// active, [`dpok_loss`], and the backward, whose LoRA gradients are **added** to `grads` (so
 /// micro-batches accumulate; `w.grad_accum` already divides the loss). `latent_chw` is the
 /// latent's `[C, H, W]`, `ehs_ld` the embeddings' `[L, D]`.
@@ -486,18 +524,20 @@ pub fn policy_gradients<B: Backend>(
         .collect();
     let old: Vec<f64> = batch.iter().map(|s| s.old_log_prob).collect();
     let adv: Vec<f64> = batch.iter().map(|s| s.advantage).collect();
-    let mut xx = x_t.clone();
-    xx.extend_from_slice(&x_t);
-    let mut ehs: Vec<f32> = batch
-        .iter()
-        .flat_map(|s| s.uncond.iter().copied())
-        .collect();
+    let k = branches(w.guidance);
+    let xx = x_t.repeat(k);
+    let mut ehs: Vec<f32> = Vec::with_capacity(k * b * m);
+    if k == 2 {
+        ehs.extend(batch.iter().flat_map(|s| s.uncond.iter().copied()));
+    }
     ehs.extend(batch.iter().flat_map(|s| s.cond.iter().copied()));
-    let ts: Vec<f32> = batch.iter().chain(batch).map(|s| s.t as f32).collect();
+    let ts: Vec<f32> = (0..k)
+        .flat_map(|_| batch.iter().map(|s| s.t as f32))
+        .collect();
     let be = unet.backend();
-    let shape = [2 * b, latent_chw[0], latent_chw[1], latent_chw[2]];
+    let shape = [k * b, latent_chw[0], latent_chw[1], latent_chw[2]];
     let sample = Tensor::from_host(be, &xx, &shape);
-    let c = Tensor::from_host(be, &ehs, &[2 * b, ehs_ld[0], ehs_ld[1]]);
+    let c = Tensor::from_host(be, &ehs, &[k * b, ehs_ld[0], ehs_ld[1]]);
     let input = UNetInput {
         sample: &sample,
         timesteps: &ts,
@@ -572,7 +612,8 @@ pub struct Rollout {
     pub log_prob: Vec<Vec<f64>>,
 }
 
-/// Samples one trajectory with stochastic DDIM and CFG through the ONNX UNet with the policy's
+/// Samples one trajectory with stochastic DDIM and CFG (no unconditional branch when the guidance
+/// does not guide, see [`uses_cfg`]) through the ONNX UNet with the policy's
 /// adapter `lora`, from initial latents `x_t` (`latent_shape = [B, C, H, W]`, already scaled by
 /// `init_noise_sigma`, which is 1 for DDIM), prompt embeddings `uncond`/`cond` (`[B, L, D]`
 /// each, `ehs_shape` = that shape) and the variance noise from `noise` (one draw of `B·C·H·W`
@@ -606,10 +647,14 @@ pub fn rollout(
     let n = x_t.len() / b;
     let mut sched = policy.sampler()?;
     let ts: Vec<i64> = policy.timesteps().to_vec();
-    let shape2 = [2 * b, latent_shape[1], latent_shape[2], latent_shape[3]];
-    let ehs_shape2 = [2 * b, ehs_shape[1], ehs_shape[2]];
-    let mut ehs = uncond.to_vec();
-    ehs.extend_from_slice(cond);
+    let k = branches(guidance);
+    let shape2 = [k * b, latent_shape[1], latent_shape[2], latent_shape[3]];
+    let ehs_shape2 = [k * b, ehs_shape[1], ehs_shape[2]];
+    let ehs = if k == 2 {
+        [uncond, cond].concat()
+    } else {
+        cond.to_vec()
+    };
     let mut x = x_t.to_vec();
     let mut out = Rollout {
         timesteps: ts.clone(),
@@ -617,17 +662,15 @@ pub fn rollout(
         log_prob: Vec::with_capacity(ts.len()),
     };
     for (i, &t) in ts.iter().enumerate() {
-        let mut xx = x.clone();
-        xx.extend_from_slice(&x);
-        let eps2 = engine.unet_forward(
+        let unet_out = engine.unet_forward(
             &shape2,
-            &xx,
-            &vec![t as f32; 2 * b],
+            &x.repeat(k),
+            &vec![t as f32; k * b],
             &ehs_shape2,
             &ehs,
             lora,
         )?;
-        let eps = cfg_combine(&eps2, guidance);
+        let eps = guided_eps(&unet_out, guidance);
         let prev = x.clone();
         sched.step(&eps, i, &mut x, noise)?;
         let tr = policy.transition(t)?;
@@ -710,28 +753,32 @@ mod tests {
 
     /// The analytic gradient of the whole loss w.r.t. the UNet outputs against central finite
     /// differences of the loss itself (f64 loss, so steps of 1e-3 are accurate to ~1e-7).
+    /// (At guidance 2.5 over `[uncond; cond]`, and at guidance 1 over `[cond]` alone.)
     #[test]
     fn gradient_matches_finite_differences() {
-        for (pred, clip) in [
-            (PredictionType::Epsilon, None),
-            (PredictionType::VPrediction, None),
-            (PredictionType::Sample, None),
-            (PredictionType::Epsilon, Some(1.0)),
+        for (pred, clip, guidance) in [
+            (PredictionType::Epsilon, None, 2.5),
+            (PredictionType::VPrediction, None, 2.5),
+            (PredictionType::Sample, None, 2.5),
+            (PredictionType::Epsilon, Some(1.0), 2.5),
+            (PredictionType::Epsilon, None, 1.0),
+            (PredictionType::VPrediction, None, 0.5),
         ] {
             let (b, n) = (2usize, 6usize);
+            let k = branches(guidance);
             let tr = [transition(pred, clip), transition(pred, clip)];
             let val = |i: usize, s: f32| (i as f32 * 0.37 + s).sin() * 1.3;
             let x_t: Vec<f32> = (0..b * n).map(|i| val(i, 0.1)).collect();
             let x_prev: Vec<f32> = (0..b * n).map(|i| val(i, 0.9) * 0.8).collect();
-            let mut out: Vec<f32> = (0..2 * b * n).map(|i| val(i, 2.0) * 0.5).collect();
-            let refo: Vec<f32> = (0..2 * b * n).map(|i| val(i, 3.0) * 0.5).collect();
+            let mut out: Vec<f32> = (0..k * b * n).map(|i| val(i, 2.0) * 0.5).collect();
+            let refo: Vec<f32> = (0..k * b * n).map(|i| val(i, 3.0) * 0.5).collect();
             let w = DpokWeights {
                 reward_weight: 3.0,
                 kl_weight: 0.7,
                 ratio_clip: 10.0, // wide: the ratio's gradient is on
                 kl_active: true,
                 grad_accum: 3,
-                guidance: 2.5,
+                guidance,
             };
             let old = [-1.0, -1.2];
             let adv = [0.8, -0.4];
@@ -805,6 +852,14 @@ mod tests {
         };
         let e = dpok_loss(&batch, &[0f32; 4], None, &DpokWeights::default()).unwrap_err();
         assert!(e.to_string().contains("model_out"), "{e}");
+        // without guidance one branch is expected, so the CFG layout is the wrong length
+        let unguided = DpokWeights {
+            guidance: 1.0,
+            ..Default::default()
+        };
+        let e = dpok_loss(&batch, &[0f32; 8], None, &unguided).unwrap_err();
+        assert!(e.to_string().contains("model_out"), "{e}");
+        assert!(dpok_loss(&batch, &[0f32; 4], None, &unguided).is_ok());
         let w = DpokWeights {
             grad_accum: 0,
             ..Default::default()

@@ -492,7 +492,7 @@ fn train<B: Backend>(
                     &unet, &lora, &su.policy, &batch, su.chw, su.ld, &w, &mut grads,
                 )?;
                 agg.add(&s);
-                let b = 2 * cfg.minibatch as u64;
+                let b = (super::dpok::branches(cfg.guidance) * cfg.minibatch) as u64;
                 st.run.counters.unet_forward += if kl_active { 2 * b } else { b };
                 st.run.counters.unet_backward += b;
             }
@@ -774,7 +774,8 @@ fn absorb(cfg: &DpokConfig, st: &mut State, rolled: Rolled, n: usize) -> Result<
         advantage_mean: adv.iter().sum::<f64>() / k,
     };
     let steps = cfg.sampling_steps as u64;
-    st.run.counters.unet_forward += 2 * steps * rewards.len() as u64;
+    let k = super::dpok::branches(cfg.guidance) as u64;
+    st.run.counters.unet_forward += k * steps * rewards.len() as u64;
     st.run.counters.samples_drawn += rewards.len() as u64;
     st.run.counters.reward_evals += rewards.len() as u64;
     for ((p, transitions, _), a) in rolled.samples.into_iter().zip(adv) {
