@@ -492,9 +492,9 @@ impl dpoimg::scheduler::NoiseSource for Replay {
     }
 }
 
-#[test]
-fn rollout_through_onnx_equals_torch() {
-    let f = fx();
+/// The golden trajectory (its start, embeddings and variance noise) sampled through ONNX Runtime
+/// with the golden LoRA at `guidance`, and how many noise draws it took.
+fn golden_rollout(f: &Fixture, guidance: f64) -> (dpoimg::finetune::dpok::Rollout, usize) {
     let e = common::engine();
     let lora = lora(f);
     let adapter = dpoimg::finetune::dpok::adapter_from_lora(&*f.be, &lora, "current");
@@ -514,7 +514,7 @@ fn rollout_through_onnx_equals_torch() {
         e,
         &composed,
         &f.policy,
-        7.5,
+        guidance,
         &[b, 4, 8, 8],
         &rows(lat, &[0]),
         &rows(&f.g["uncond"], &all),
@@ -523,7 +523,17 @@ fn rollout_through_onnx_equals_torch() {
         &mut noise,
     )
     .unwrap();
-    assert_eq!(noise.next, steps, "one noise draw per step");
+    (r, noise.next)
+}
+
+#[test]
+fn rollout_through_onnx_equals_torch() {
+    let f = fx();
+    let lat = &f.g["latents"];
+    let b = lat.shape[1];
+    let steps = f.g["timesteps"].data.len();
+    let (r, draws) = golden_rollout(f, 7.5);
+    assert_eq!(draws, steps, "one noise draw per step");
     assert_eq!(r.timesteps, f.g["timesteps"].i64());
     assert_eq!(r.latents.len(), steps + 1);
     let (mut worst_x, mut worst_lp) = (0f64, 0f64);
@@ -557,35 +567,8 @@ fn rollout_through_onnx_equals_torch() {
 #[test]
 fn unguided_policy_equals_cfg_at_scale_one() {
     let f = fx();
-    let e = common::engine();
     let lora = lora(f);
-    let adapter = dpoimg::finetune::dpok::adapter_from_lora(&*f.be, &lora, "current");
-    let composed = dpoimg::finetune::dpok::compose_current(e, adapter).unwrap();
-    let lat = &f.g["latents"];
-    let b = lat.shape[1];
-    let steps = f.g["timesteps"].data.len();
-    let all: Vec<usize> = (0..b).collect();
-    let roll = |g: f64| {
-        let mut noise = Replay {
-            steps: (0..steps)
-                .map(|i| rows(&f.g["variance_noise"], &[i]))
-                .collect(),
-            next: 0,
-        };
-        dpoimg::finetune::dpok::rollout(
-            e,
-            &composed,
-            &f.policy,
-            g,
-            &[b, 4, 8, 8],
-            &rows(lat, &[0]),
-            &rows(&f.g["uncond"], &all),
-            &rows(&f.g["cond"], &all),
-            &[b, 77, 32],
-            &mut noise,
-        )
-        .unwrap()
-    };
+    let roll = |g: f64| golden_rollout(f, g).0;
     let (one, two) = (roll(1.0), roll(1.0 + 1e-9));
     assert!(dpoimg::finetune::dpok::uses_cfg(1.0 + 1e-9) && !dpoimg::finetune::dpok::uses_cfg(1.0));
     for (a, c) in one.latents.iter().zip(&two.latents) {
