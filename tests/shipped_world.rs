@@ -120,14 +120,14 @@ fn pair_counts(db: &Path) -> [usize; 3] {
 #[test]
 fn shipped_preference_data_loads() {
     // `dpoimg world annotate`'s own counts when it wrote each set (tools/world_prefs.sh): the
-    // bundle's guidance 7.5, and GUIDANCE=1 for the guidance-1 demo's set
+    // bundle's guidance 7.5, and N_TRAIN=1000 GUIDANCE=1 for the guidance-1 demo's set
     assert_eq!(
         pair_counts(&repo().join("models/world-prefs")),
         [1217, 80, 314]
     );
     assert_eq!(
         pair_counts(&repo().join("models/world-prefs-g1")),
-        [1608, 87, 410]
+        [4102, 78, 411]
     );
 }
 
