@@ -572,7 +572,7 @@ fn unguided_policy_equals_cfg_at_scale_one() {
     let (one, two) = (roll(1.0), roll(1.0 + 1e-9));
     assert!(dpoimg::finetune::dpok::uses_cfg(1.0 + 1e-9) && !dpoimg::finetune::dpok::uses_cfg(1.0));
     for (a, c) in one.latents.iter().zip(&two.latents) {
-        let d = common::max_abs_diff(a, &c.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let d = common::max_abs(a, c);
         assert!(d <= 1e-5, "latents differ by {d:.2e}");
     }
     for (a, c) in one
@@ -585,16 +585,7 @@ fn unguided_policy_equals_cfg_at_scale_one() {
     }
     // and the trajectory differs from the guided one: the branch count is not a no-op
     let guided = roll(7.5);
-    let d = common::max_abs_diff(
-        one.latents.last().unwrap(),
-        &guided
-            .latents
-            .last()
-            .unwrap()
-            .iter()
-            .map(|&v| v as f64)
-            .collect::<Vec<_>>(),
-    );
+    let d = common::max_abs(one.latents.last().unwrap(), guided.latents.last().unwrap());
     assert!(d > 1e-3, "guidance 1 and 7.5 sampled the same latents");
 
     let w = |g: f64| DpokWeights {

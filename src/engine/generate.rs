@@ -11,6 +11,14 @@ use crate::scheduler::{self, NoiseSource, SamplerKind, SamplerOptions};
 use ort::value::Tensor;
 use std::time::{Duration, Instant};
 
+/// Whether a guidance scale runs classifier-free guidance: as diffusers'
+/// `do_classifier_free_guidance`, only a scale above 1 adds the unconditional branch; at 1 or less
+/// the UNet sees the prompt alone and `ε = ε_c`. Sampling and DPOK's rollouts and policy both ask
+/// this one function, so their trajectories stay the same.
+pub fn uses_cfg(guidance: f64) -> bool {
+    guidance > 1.0
+}
+
 /// One RGB image, 8 bits per channel, rows top to bottom, no padding (stride = 3·width).
 #[derive(Debug, Clone)]
 pub struct Image {
@@ -208,7 +216,7 @@ impl Engine {
         let mut sched = scheduler::build(&self.scheduler, &options, r.steps as usize)?;
 
         // Text embeddings: [uncond x N, cond x N] with CFG (diffusers' order), [cond x N] without.
-        let cfg = r.guidance > 1.0;
+        let cfg = uses_cfg(f64::from(r.guidance));
         let prompts: Vec<&str> = if cfg {
             vec![req.negative_prompt.as_str(), req.prompt.as_str()]
         } else {
@@ -521,7 +529,7 @@ impl Engine {
             prediction_type: None,
             karras: None,
         };
-        let cfg = r0.guidance > 1.0;
+        let cfg = uses_cfg(f64::from(r0.guidance));
         let c = m.unet.in_channels;
         let f = m.vae.downsample_factor as u32;
         let (h, w) = ((r0.height / f) as usize, (r0.width / f) as usize);

@@ -7,7 +7,7 @@ mod models;
 mod request;
 
 pub use flags::RuntimeFlags;
-pub use generate::{BatchKey, Generated, Image, Timings};
+pub use generate::{uses_cfg, BatchKey, Generated, Image, Timings};
 pub use request::{GenerateRequest, Progress, Stage};
 
 use crate::bundle::{Bundle, BundleError, Verify};

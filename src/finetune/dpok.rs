@@ -238,11 +238,9 @@ impl DdimTransition {
     }
 }
 
-/// Whether the policy guides: as diffusers' `do_classifier_free_guidance` and the engine's
-/// sampler, only a scale above 1 runs the unconditional branch; at 1 or less `ε = ε_c`.
-pub fn uses_cfg(guidance: f64) -> bool {
-    guidance > 1.0
-}
+/// Whether the policy guides: the engine's own rule (only a scale above 1 runs the unconditional
+/// branch), so rollouts sample exactly as `generate` does.
+pub use crate::engine::uses_cfg;
 
 /// UNet inputs per sample: 2 (`[uncond (B); cond (B)]`) when [`uses_cfg`], else 1 (`[cond (B)]`).
 pub fn branches(guidance: f64) -> usize {
