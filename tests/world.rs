@@ -557,6 +557,7 @@ fn groups(n: usize) -> Vec<PromptGroup> {
             PromptGroup {
                 prompt: s.to_string(),
                 images,
+                text_chunks: Vec::new(),
             }
         })
         .collect()
@@ -676,6 +677,61 @@ fn imagereward_layout_reads_back_with_the_expected_pairs() {
     };
     let e = write_imagereward(&dir.path().join("d"), &gs[..1], &bad).unwrap_err();
     assert!(e.to_string().contains("temperature"), "{e}");
+}
+
+/// Each image's text chunks (a sampled image's provenance) reach the dataset's PNG unchanged and
+/// in order, next to the same pixels; images given none get none; a count that does not match
+/// the images is refused before anything is written.
+#[test]
+fn annotate_keeps_each_images_text_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gs = groups(2);
+    let chunks = |k: usize| {
+        vec![
+            ("prompt".to_string(), format!("image {k}")),
+            ("guidance".to_string(), "1".to_string()),
+            ("seed".to_string(), (100 + k).to_string()),
+        ]
+    };
+    gs[0].text_chunks = (0..gs[0].images.len()).map(chunks).collect();
+    let root = dir.path().join("ds");
+    let summary = write_imagereward(&root, &gs, &AnnotatorModel::default()).unwrap();
+    let n0 = gs[0].images.len();
+    let first: Vec<_> = summary
+        .rows
+        .iter()
+        .filter(|r| r.prompt == gs[0].prompt)
+        .collect();
+    assert_eq!(first.len(), n0);
+    for (k, row) in first.iter().enumerate() {
+        let bytes = std::fs::read(root.join(&row.image_path)).unwrap();
+        assert_eq!(
+            dpoimg::provenance::read_png_text(&bytes).unwrap(),
+            chunks(k)
+        );
+        let pixels = dpoimg::data::decode_rgb8(&bytes).unwrap();
+        assert_eq!(
+            pixels.data, gs[0].images[k].data,
+            "image {k}'s pixels changed"
+        );
+    }
+    for row in summary.rows.iter().filter(|r| r.prompt == gs[1].prompt) {
+        let bytes = std::fs::read(root.join(&row.image_path)).unwrap();
+        assert!(dpoimg::provenance::read_png_text(&bytes)
+            .unwrap()
+            .is_empty());
+    }
+
+    let mut short = gs[..1].to_vec();
+    short[0].text_chunks.pop();
+    let out = dir.path().join("short");
+    let e = write_imagereward(&out, &short, &AnnotatorModel::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("{n0} images but {} lists", n0 - 1)) && msg.contains("one list"),
+        "{msg}"
+    );
+    assert!(!out.exists(), "nothing may be written for a refused group");
 }
 
 fn dpoimg(args: &[&str]) -> (bool, String, String) {

@@ -186,6 +186,28 @@ fn sample_writes_render_layout_reproducibly_equal_to_generate() {
         .map(|c| c["prompts"].as_u64().unwrap())
         .sum();
     assert_eq!((rows, prompts_n), (8, 2), "{ann}");
+    // Every dataset image keeps its sample's provenance chunks (prompt, seed, sampler, steps,
+    // guidance, bundle hash): the set records how it was sampled.
+    let text = |p: &Path| dpoimg::provenance::read_png_text(&bytes(p)).unwrap();
+    let mut sampled: Vec<_> = files.iter().map(|f| text(&a.join(f))).collect();
+    let mut written = Vec::new();
+    let mut stack = vec![ds.join("images")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                written.push(text(&p));
+            }
+        }
+    }
+    assert!(sampled
+        .iter()
+        .all(|t| t.iter().any(|(k, _)| k == "guidance")));
+    sampled.sort();
+    written.sort();
+    assert_eq!(written, sampled);
 }
 
 #[test]

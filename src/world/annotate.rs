@@ -15,10 +15,12 @@
 //! `prompt_id`, `prompt`, `classification`, `image_amount_in_total`, `rank` (1 = best), plus two
 //! columns ImageRewardDB does not have, `checker_score` and `rater`, for analysis — and the
 //! images as PNG files at `images/{split}/{split}_{part}/{prompt_id}-{k}.png` (500 prompts per
-//! part folder). Splits are by prompt ([`Split::of_prompt`]).
+//! part folder), each carrying its source image's PNG text chunks (a sampled image's provenance:
+//! prompt, seed, sampler, steps, guidance, bundle hash). Splits are by prompt
+//! ([`Split::of_prompt`]).
 
 use super::check::check;
-use super::render::encode_png;
+use super::render::encode_png_with_text;
 use super::rng::WorldRng;
 use super::scene::{Scene, Split};
 use super::WorldError;
@@ -140,6 +142,10 @@ impl AnnotatorModel {
 pub struct PromptGroup {
     pub prompt: String,
     pub images: Vec<RgbImage>,
+    /// PNG text chunks of each image (empty, or one list per image), written into the dataset's
+    /// copy, so a preference set keeps how its images were sampled (guidance, steps, seed,
+    /// bundle hash) where `dpoimg info IMAGE` reads it.
+    pub text_chunks: Vec<Vec<(String, String)>>,
 }
 
 /// One written image row.
@@ -217,6 +223,17 @@ pub fn write_imagereward(
                 fix: "give every prompt 4 to 9 images, as ImageRewardDB does".into(),
             });
         }
+        if !group.text_chunks.is_empty() && group.text_chunks.len() != group.images.len() {
+            return Err(WorldError::Dataset {
+                problem: format!(
+                    "prompt `{}` has {} images but {} lists of text chunks",
+                    group.prompt,
+                    group.images.len(),
+                    group.text_chunks.len()
+                ),
+                fix: "give one list of text chunks per image, or none".into(),
+            });
+        }
         scenes.push(scene);
     }
     let temps = model.rater_temperatures();
@@ -258,7 +275,8 @@ pub fn write_imagereward(
                 std::fs::create_dir_all(dir)
                     .map_err(|e| WorldError::io("create folder", dir, e))?;
             }
-            crate::fsutil::atomic_write(&path, &encode_png(img)?)
+            let text = group.text_chunks.get(k).map(Vec::as_slice).unwrap_or(&[]);
+            crate::fsutil::atomic_write(&path, &encode_png_with_text(img, text)?)
                 .map_err(|e| WorldError::io("write image", &path, e))?;
             rows.push(WrittenRow {
                 split,

@@ -303,10 +303,13 @@ pub fn run_cancellable(
                     groups.push(PromptGroup {
                         prompt: text.clone(),
                         images: Vec::new(),
+                        text_chunks: Vec::new(),
                     });
                     groups.len() - 1
                 });
-                groups[g].images.push(load(path)?);
+                let (image, text) = load_with_text(path)?;
+                groups[g].images.push(image);
+                groups[g].text_chunks.push(text);
             }
             let model = AnnotatorModel {
                 temperature: *temperature,
@@ -347,11 +350,20 @@ pub(super) fn parse_split(s: &str) -> Result<Option<Split>, WorldError> {
 }
 
 fn load(path: &Path) -> Result<RgbImage, WorldError> {
+    load_with_text(path).map(|(image, _)| image)
+}
+
+/// An image and its PNG text chunks (a sampled image's provenance), which `annotate` copies into
+/// the dataset.
+fn load_with_text(path: &Path) -> Result<(RgbImage, Vec<(String, String)>), WorldError> {
     let bytes = std::fs::read(path).map_err(|e| WorldError::io("read image", path, e))?;
-    crate::data::decode_rgb8(&bytes).map_err(|problem| WorldError::Image {
+    let bad = |problem: String| WorldError::Image {
         what: path.display().to_string(),
         problem,
-    })
+    };
+    let image = crate::data::decode_rgb8(&bytes).map_err(bad)?;
+    let text = crate::provenance::read_png_text(&bytes).map_err(|e| bad(e.to_string()))?;
+    Ok((image, text))
 }
 
 /// (image path, prompt) pairs of an index.json; files relative to its folder.

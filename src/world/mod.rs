@@ -41,7 +41,9 @@ pub use annotate::{
     write_imagereward, AnnotatorModel, DatasetSummary, PromptGroup, SplitCounts, WrittenRow,
 };
 pub use check::{check, read_image, Attribute, CheckResult, FoundObject, Reading};
-pub use render::{encode_png, render, render_prompt, Layout, Placed, RenderOptions};
+pub use render::{
+    encode_png, encode_png_with_text, render, render_prompt, Layout, Placed, RenderOptions,
+};
 pub use scene::{Color, Object, Position, PromptSampler, Relation, Scene, Shape, Size, Split};
 
 use std::path::PathBuf;

@@ -256,9 +256,18 @@ pub fn render_prompt(
     Ok((layout, img))
 }
 
-/// PNG bytes of an RGB image (8-bit, no metadata: world images are data, not provenance-tracked
-/// generations).
+/// PNG bytes of an RGB image (8-bit, no metadata: rendered world images are data, not
+/// provenance-tracked generations).
 pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>, WorldError> {
+    encode_png_with_text(img, &[])
+}
+
+/// PNG bytes of an RGB image with these text chunks (keyword, text), written as iTXt in order.
+/// `world annotate` uses it to carry a sampled image's provenance into a preference set.
+pub fn encode_png_with_text(
+    img: &RgbImage,
+    text: &[(String, String)],
+) -> Result<Vec<u8>, WorldError> {
     let mut out = Vec::new();
     let fail = |e: png::EncodingError| WorldError::Image {
         what: format!("{}x{}", img.width, img.height),
@@ -268,6 +277,9 @@ pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>, WorldError> {
         let mut enc = png::Encoder::new(&mut out, img.width, img.height);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
+        for (k, v) in text {
+            enc.add_itxt_chunk(k.clone(), v.clone()).map_err(fail)?;
+        }
         let mut w = enc.write_header().map_err(fail)?;
         w.write_image_data(&img.data).map_err(fail)?;
         w.finish().map_err(fail)?;
