@@ -85,18 +85,36 @@ impl Provenance {
 
 /// Encodes an RGB image as PNG with provenance chunks.
 pub fn encode_png(image: &Image, prov: Option<&Provenance>) -> Result<Vec<u8>, png::EncodingError> {
+    let text: Vec<(String, String)> = prov
+        .map(|p| {
+            p.chunks()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+        })
+        .unwrap_or_default();
+    encode_rgb8_png(image.width, image.height, &image.rgb, &text)
+}
+
+/// Encodes 8-bit RGB pixels (rows top to bottom, no padding) as PNG with these text chunks
+/// (keyword, text) as iTXt, in order: the one PNG writer behind generated images and the world's
+/// data sets.
+pub fn encode_rgb8_png(
+    width: u32,
+    height: u32,
+    rgb: &[u8],
+    text: &[(String, String)],
+) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
     {
-        let mut enc = png::Encoder::new(&mut out, image.width, image.height);
+        let mut enc = png::Encoder::new(&mut out, width, height);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        if let Some(p) = prov {
-            for (k, v) in p.chunks() {
-                enc.add_itxt_chunk(k.to_string(), v)?;
-            }
+        for (k, v) in text {
+            enc.add_itxt_chunk(k.clone(), v.clone())?;
         }
         let mut w = enc.write_header()?;
-        w.write_image_data(&image.rgb)?;
+        w.write_image_data(rgb)?;
         w.finish()?;
     }
     Ok(out)

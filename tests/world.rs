@@ -806,6 +806,32 @@ fn cli_prompts_render_check_annotate() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["splits"]["test"]["prompts"], 6);
+    // A WebP (or JPEG) source has no PNG text chunks: it is annotated all the same, with none.
+    let webp = dir.path().join("webp");
+    std::fs::create_dir_all(&webp).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/assets/score-images/square.webp");
+    std::fs::copy(src, webp.join("s.webp")).unwrap();
+    let entry = serde_json::json!({"file": "s.webp", "prompt": prompts[0]});
+    let webp_index = webp.join("index.json");
+    std::fs::write(
+        &webp_index,
+        serde_json::json!({"images": vec![entry; 4]}).to_string(),
+    )
+    .unwrap();
+    let webp_db = dir.path().join("webp-db");
+    let (ok, _, err) = dpoimg(&[
+        "world",
+        "annotate",
+        "--index",
+        webp_index.to_str().unwrap(),
+        "-o",
+        webp_db.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let written = webp_db.join("images/test/test_1/000000-0.png");
+    let text = dpoimg::provenance::read_png_text(&std::fs::read(written).unwrap()).unwrap();
+    assert!(text.is_empty(), "{text:?}");
     // All clean renders score 1: every pair ties, so the loader finds no pairs.
     let e = load_pairs(
         &db,

@@ -350,20 +350,25 @@ pub(super) fn parse_split(s: &str) -> Result<Option<Split>, WorldError> {
 }
 
 fn load(path: &Path) -> Result<RgbImage, WorldError> {
-    load_with_text(path).map(|(image, _)| image)
+    read_image(path).map(|(image, _)| image)
 }
 
 /// An image and its PNG text chunks (a sampled image's provenance), which `annotate` copies into
-/// the dataset.
+/// the dataset. A JPEG or WebP file has none (as `score` reads them).
 fn load_with_text(path: &Path) -> Result<(RgbImage, Vec<(String, String)>), WorldError> {
+    let (image, bytes) = read_image(path)?;
+    let text = crate::provenance::read_png_text(&bytes).unwrap_or_default();
+    Ok((image, text))
+}
+
+/// A decoded image file and its bytes.
+fn read_image(path: &Path) -> Result<(RgbImage, Vec<u8>), WorldError> {
     let bytes = std::fs::read(path).map_err(|e| WorldError::io("read image", path, e))?;
-    let bad = |problem: String| WorldError::Image {
+    let image = crate::data::decode_rgb8(&bytes).map_err(|problem| WorldError::Image {
         what: path.display().to_string(),
         problem,
-    };
-    let image = crate::data::decode_rgb8(&bytes).map_err(bad)?;
-    let text = crate::provenance::read_png_text(&bytes).map_err(|e| bad(e.to_string()))?;
-    Ok((image, text))
+    })?;
+    Ok((image, bytes))
 }
 
 /// (image path, prompt) pairs of an index.json; files relative to its folder.

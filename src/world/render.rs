@@ -268,21 +268,10 @@ pub fn encode_png_with_text(
     img: &RgbImage,
     text: &[(String, String)],
 ) -> Result<Vec<u8>, WorldError> {
-    let mut out = Vec::new();
-    let fail = |e: png::EncodingError| WorldError::Image {
-        what: format!("{}x{}", img.width, img.height),
-        problem: format!("PNG encoding failed: {e}"),
-    };
-    {
-        let mut enc = png::Encoder::new(&mut out, img.width, img.height);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        for (k, v) in text {
-            enc.add_itxt_chunk(k.clone(), v.clone()).map_err(fail)?;
+    crate::provenance::encode_rgb8_png(img.width, img.height, &img.data, text).map_err(|e| {
+        WorldError::Image {
+            what: format!("{}x{}", img.width, img.height),
+            problem: format!("PNG encoding failed: {e}"),
         }
-        let mut w = enc.write_header().map_err(fail)?;
-        w.write_image_data(&img.data).map_err(fail)?;
-        w.finish().map_err(fail)?;
-    }
-    Ok(out)
+    })
 }
